@@ -1,0 +1,162 @@
+"""Argument dataclasses and the parser: a YAML recipe gives defaults, the command line overrides them.
+
+Field names are the stock `TrainingArguments` names wherever one exists (`learning_rate`, `optim`, ...), so a sweep
+parameter, a YAML key and a command-line flag are the same word.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from fer_hf.labels import SPLITS
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="timm/resnet18.a1_in1k",
+        metadata={"help": "timm architecture (`resnet18`), Hub checkpoint (`timm/resnet50.a1_in1k`) or local folder."},
+    )
+    pretrained: bool = field(
+        default=True,
+        metadata={"help": "Load the checkpoint's weights (Hub or local). `false` trains from random init, offline."},
+    )
+    in_chans: int = field(
+        default=3,
+        metadata={"help": "3: grayscale duplicated to RGB (the paper). 1: grayscale input, first conv adapted."},
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
+
+    def __post_init__(self):
+        if self.in_chans not in (1, 3):
+            raise ValueError(f"--in_chans must be 1 or 3, got {self.in_chans}.")
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(
+        default="synthetic",
+        metadata={"help": "fer2013.csv, fer2013.npz (or its folder), a Kaggle image folder, a Hub id, or `synthetic`."},
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Input resolution (paper: 224; FER native: 48). Default: the backbone's."}
+    )
+    crop_pct: float | None = field(
+        default=1.0,
+        metadata={"help": "Evaluation centre-crop fraction; 1.0 keeps the whole (already cropped) face. "
+                  "Omit in YAML / set null to keep the backbone's."},
+    )
+    crop_scale_min: float = field(
+        default=0.08, metadata={"help": "Smallest area fraction RandomResizedCrop samples (torchvision: 0.08)."}
+    )
+    hflip: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip in training."})
+    eval_split: str = field(
+        default="validation",
+        metadata={"help": "Split evaluated each epoch to pick the best checkpoint (`train` for the overfit check)."},
+    )
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "Share of train held out as validation where the source has none."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training images."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N validation and test images (quick runs)."}
+    )
+    skip_bad_rows: bool = field(
+        default=False, metadata={"help": "Skip malformed CSV rows / unreadable images (count logged) instead of failing."}
+    )
+    synthetic_train_size: int = field(default=3000, metadata={"help": "`synthetic`: training images drawn."})
+    synthetic_eval_size: int = field(default=600, metadata={"help": "`synthetic`: validation and test images each."})
+
+    def __post_init__(self):
+        if self.eval_split not in SPLITS:
+            raise ValueError(f"--eval_split must be one of {SPLITS}, got {self.eval_split!r}.")
+        if not 0 < self.crop_scale_min <= 1:
+            raise ValueError(f"--crop_scale_min must be in (0, 1], got {self.crop_scale_min}.")
+        if not 0 <= self.hflip <= 1:
+            raise ValueError(f"--hflip must be a probability in [0, 1], got {self.hflip}.")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}.")
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
+
+
+def make_parser() -> HfArgumentParser:
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser.add_argument("--config", default=None, help="YAML recipe (configs/*.yaml); command-line flags override it.")
+    return parser
+
+
+def argument_names(parser: HfArgumentParser | None = None) -> set[str]:
+    """Every key a recipe, a sweep or the command line may set."""
+    parser = parser or make_parser()
+    return {action.dest for action in parser._actions if action.dest not in ("help", "config")}
+
+
+def read_recipe(path: str | Path, parser: HfArgumentParser | None = None) -> dict[str, Any]:
+    """Read a YAML recipe and check that every key is a real argument."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file.")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: a recipe is a mapping of argument names to values, got {type(recipe).__name__}.")
+    unknown = sorted(set(recipe) - argument_names(parser))
+    if unknown:
+        raise ValueError(f"{path}: unknown argument(s) {unknown}; see `python -m fer_hf.train --help`.")
+    return recipe
+
+
+def recipe_to_argv(recipe: dict[str, Any]) -> list[str]:
+    """Turn a recipe into command-line tokens so YAML and CLI values go through the same type conversion."""
+    argv: list[str] = []
+    for key, value in recipe.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return argv
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Parse `--config recipe.yaml` plus overrides (later flags win) into the three argument dataclasses."""
+    parser = make_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, rest = pre.parse_known_args(argv)
+    tokens = list(rest)
+    if known.config:
+        recipe = read_recipe(known.config, parser)
+        # YAML nulls cannot be spelled on a command line; they become parser defaults instead.
+        parser.set_defaults(**{k: v for k, v in recipe.items() if v is None})
+        tokens = recipe_to_argv(recipe) + tokens
+    # The parser also returns a namespace holding `--config` (not a dataclass field) before the leftovers.
+    *outputs, leftover = parser.parse_args_into_dataclasses(args=tokens, return_remaining_strings=True)
+    if leftover:
+        parser.error(f"unrecognized arguments: {' '.join(leftover)}")
+    model_args, data_args, training_args = outputs[: len(ARGUMENT_CLASSES)]
+    return model_args, data_args, training_args
+
+
+def merged_arguments(*args_objects) -> dict[str, Any]:
+    """All parsed arguments as one flat, YAML-safe dict (no secrets) that `--config` accepts back."""
+    names = argument_names()
+    merged: dict[str, Any] = {}
+    for obj in args_objects:
+        values = obj.to_dict() if isinstance(obj, TrainingArguments) else dataclasses.asdict(obj)
+        for key, value in values.items():
+            if key in names and not key.endswith("_token"):
+                merged[key] = value.value if isinstance(value, enum.Enum) else value
+    return merged
+
+
+def save_arguments(path: str | Path, *args_objects) -> None:
+    Path(path).write_text(yaml.safe_dump(merged_arguments(*args_objects), sort_keys=True))

@@ -1,0 +1,109 @@
+"""Fine-tune a timm ResNet on FER-2013 with the Hugging Face Trainer.
+
+    accelerate launch -m fer_hf.train --config configs/quickstart.yaml
+    accelerate launch -m fer_hf.train --config configs/paper_resnet50.yaml --dataset PATH_OR_HUB_ID
+
+The validation split (PublicTest) picks the checkpoint; the test split (PrivateTest) is evaluated once, at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import datasets
+import transformers
+from transformers import set_seed
+
+from fer_hf.config import parse_args, save_arguments
+from fer_hf.data import load_fer2013
+from fer_hf.hub import check_push_access
+from fer_hf.metrics import compute_metrics
+from fer_hf.modeling import build_model, image_processor_for
+from fer_hf.trainer import FerTrainer, evaluate_split
+from fer_hf.transforms import AugmentationConfig, BatchTransform, collate, eval_transform, image_mode, train_transform
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, training_args = parse_args(argv)
+
+    # ---- logging: info on the main process only
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[logging.StreamHandler()])
+    log_level = training_args.get_process_log_level()
+    for lib_logger in (logger, logging.getLogger("fer_hf")):
+        lib_logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    set_seed(training_args.seed)
+    if training_args.push_to_hub:
+        check_push_access(training_args.hub_model_id or Path(training_args.output_dir).name, training_args.hub_token)
+    # `with_transform` hands Trainer an `image` column the model does not take; keep it for the transform.
+    training_args.remove_unused_columns = False
+    if training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
+
+    # ---- data: FER-2013 (or synthetic) with train / validation / test
+    dataset = load_fer2013(
+        data_args.dataset,
+        validation_fraction=data_args.validation_fraction,
+        seed=training_args.seed,
+        skip_bad_rows=data_args.skip_bad_rows,
+        synthetic_train_size=data_args.synthetic_train_size,
+        synthetic_eval_size=data_args.synthetic_eval_size,
+    )
+    for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples),
+                         ("test", data_args.max_eval_samples)):
+        if limit is not None:
+            dataset[split] = dataset[split].select(range(min(limit, len(dataset[split]))))
+    label_names = dataset["train"].features["label"].names
+    logger.info("Splits: %s", {split: len(part) for split, part in dataset.items()})
+
+    # ---- model and its image processor (mean/std/size from the backbone's timm data config)
+    model = build_model(
+        model_args.model_name_or_path,
+        pretrained=model_args.pretrained,
+        in_chans=model_args.in_chans,
+        image_size=data_args.image_size,
+        crop_pct=data_args.crop_pct,
+        cache_dir=model_args.cache_dir,
+    )
+    processor = image_processor_for(model.config)
+    augmentation = AugmentationConfig(crop_scale=(data_args.crop_scale_min, 1.0), hflip=data_args.hflip)
+    mode = image_mode(processor)
+    train_data = dataset["train"].with_transform(BatchTransform(train_transform(processor, augmentation), mode))
+    evaluation = {split: part.with_transform(BatchTransform(eval_transform(processor), mode))
+                  for split, part in dataset.items()}
+
+    # ---- train; the best epoch on `eval_split` is restored at the end (load_best_model_at_end)
+    trainer = FerTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_data,
+        eval_dataset=evaluation[data_args.eval_split],
+        data_collator=collate,
+        compute_metrics=compute_metrics,
+    )
+    if trainer.is_world_process_zero():
+        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+        save_arguments(Path(training_args.output_dir) / "args.yaml", model_args, data_args, training_args)
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+    # ---- the chosen checkpoint on the selection split, then the test split once
+    results = dict(train_result.metrics)
+    results |= evaluate_split(trainer, evaluation[data_args.eval_split], "eval", data_args.eval_split, label_names)
+    results |= evaluate_split(trainer, evaluation["test"], "test", "test", label_names)
+
+    if training_args.push_to_hub:
+        trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset="FER-2013")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
