@@ -71,76 +71,76 @@ class _ExpressionSpec:
 _SPECS: tuple[_ExpressionSpec, ...] = (
     # 0 angry: low V brows, narrowed eyes, tight closed (slightly frowning) mouth.
     _ExpressionSpec(
-        eye_open=(0.8, 1.4),
-        brow_height=(2.4, 3.2),
-        brow_tilt=(2.0, 3.4),
+        eye_open=(0.7, 1.4),
+        brow_height=(2.5, 3.3),
+        brow_tilt=(2.6, 4.0),
         brow_arch=(-0.2, 0.2),
-        mouth_width=(3.6, 5.0),
-        mouth_curve=(-1.6, 0.0),
-        mouth_open=(0.0, 0.8),
+        mouth_width=(3.2, 4.6),
+        mouth_curve=(-1.4, 0.0),
+        mouth_open=(0.0, 0.6),
     ),
     # 1 disgust: mildly lowered brows, squinted eyes, wrinkled nose, one-sided raised upper lip.
     _ExpressionSpec(
         eye_open=(0.6, 1.1),
-        brow_height=(2.6, 3.4),
-        brow_tilt=(0.5, 1.6),
+        brow_height=(2.7, 3.5),
+        brow_tilt=(0.6, 1.8),
         brow_arch=(-0.2, 0.3),
         mouth_width=(4.0, 5.5),
-        mouth_curve=(-1.5, -0.3),
-        mouth_open=(0.6, 1.8),
-        mouth_upper=(0.6, 0.8),
-        mouth_asym=(1.5, 2.8),
+        mouth_curve=(-1.4, -0.2),
+        mouth_open=(1.0, 2.2),
+        mouth_upper=(0.65, 0.85),
+        mouth_asym=(2.0, 3.4),
         nose_wrinkle=True,
     ),
     # 2 fear: raised brows with inner ends up, wide eyes, horizontally stretched open mouth.
     _ExpressionSpec(
-        eye_open=(2.1, 3.0),
-        brow_height=(4.2, 5.6),
-        brow_tilt=(-3.0, -1.3),
-        brow_arch=(-0.2, 0.5),
-        mouth_width=(5.0, 6.6),
-        mouth_curve=(-1.6, 0.2),
-        mouth_open=(1.4, 3.4),
+        eye_open=(2.2, 3.1),
+        brow_height=(4.4, 5.6),
+        brow_tilt=(-3.6, -2.0),
+        brow_arch=(-0.2, 0.4),
+        mouth_width=(5.2, 7.0),
+        mouth_curve=(-1.6, 0.0),
+        mouth_open=(1.6, 3.4),
     ),
     # 3 happy: relaxed brows, smiling (slightly squinted) eyes, upturned mouth, often an open D-shaped grin.
     _ExpressionSpec(
         eye_open=(0.9, 1.8),
-        brow_height=(3.2, 4.3),
+        brow_height=(3.4, 4.4),
         brow_tilt=(-0.5, 0.5),
-        brow_arch=(0.2, 0.9),
-        mouth_width=(5.0, 7.0),
-        mouth_curve=(2.4, 4.6),
-        mouth_open=(0.0, 3.6),
+        brow_arch=(0.3, 1.0),
+        mouth_width=(5.5, 7.5),
+        mouth_curve=(2.8, 5.0),
+        mouth_open=(0.0, 4.0),
         mouth_upper=(0.15, 0.3),
     ),
     # 4 sad: inner brow ends raised, normal-to-lowered eyes, downturned closed mouth.
     _ExpressionSpec(
-        eye_open=(0.9, 1.6),
-        brow_height=(3.0, 4.2),
-        brow_tilt=(-3.2, -1.4),
+        eye_open=(1.0, 1.7),
+        brow_height=(3.2, 4.4),
+        brow_tilt=(-3.6, -2.0),
         brow_arch=(-0.2, 0.4),
-        mouth_width=(3.8, 5.5),
-        mouth_curve=(-3.6, -1.0),
+        mouth_width=(4.0, 5.8),
+        mouth_curve=(-3.8, -1.6),
         mouth_open=(0.0, 0.5),
     ),
     # 5 surprise: high arched brows, wide eyes, round "O" mouth.
     _ExpressionSpec(
-        eye_open=(2.2, 3.2),
-        brow_height=(4.8, 6.4),
+        eye_open=(2.3, 3.3),
+        brow_height=(5.0, 6.6),
         brow_tilt=(-0.6, 0.6),
-        brow_arch=(0.7, 1.6),
+        brow_arch=(0.8, 1.8),
         mouth_width=(2.0, 3.4),
         mouth_curve=(-0.3, 0.3),
-        mouth_open=(3.4, 6.0),
+        mouth_open=(3.6, 6.2),
     ),
     # 6 neutral: relaxed everything, near-flat closed mouth.
     _ExpressionSpec(
-        eye_open=(1.2, 2.0),
-        brow_height=(3.0, 4.2),
-        brow_tilt=(-0.7, 0.7),
+        eye_open=(1.3, 2.1),
+        brow_height=(3.2, 4.4),
+        brow_tilt=(-0.5, 0.5),
         brow_arch=(0.0, 0.6),
-        mouth_width=(3.8, 5.5),
-        mouth_curve=(-0.7, 0.7),
+        mouth_width=(4.0, 5.6),
+        mouth_curve=(-0.5, 0.5),
         mouth_open=(0.0, 0.4),
     ),
 )
@@ -247,7 +247,7 @@ def _draw_eye(face: _FaceDrawer, x: float, y: float, half_w: float, half_h: floa
 
 
 def _draw_brow(face: _FaceDrawer, side: float, eye_y: float, vals: dict[str, float], t: np.ndarray, tone: int) -> None:
-    inner_x, outer_x = 2.0, 9.6
+    inner_x, outer_x = 1.8, 10.6
     xs = side * (inner_x + (outer_x - inner_x) * (t + 1.0) / 2.0)
     # Linear tilt from the inner (t=-1) to the outer (t=+1) end, plus a parabolic arch lifting the middle.
     ys = eye_y - vals["brow_height"] - vals["brow_tilt"] * t / 2.0 - vals["brow_arch"] * (1.0 - t * t)
@@ -291,20 +291,20 @@ def _render(
         "mouth_upper": uniform(spec.mouth_upper),
         # Random sign: which side sneers must not matter (and horizontal-flip augmentation stays label-preserving).
         "mouth_asym": uniform(spec.mouth_asym) * (1.0 if uniform((0.0, 1.0)) < 0.5 else -1.0),
-        "brow_width": uniform((1.1, 1.8)),
-        "lip_width": uniform((0.9, 1.4)),
+        "brow_width": uniform((1.4, 2.1)),
+        "lip_width": uniform((1.1, 1.6)),
     }
 
     # Nuisance geometry.
     scale = uniform((0.8, 1.1))
     center = (24.0 + uniform((-3.0, 3.0)), 25.0 + uniform((-3.0, 3.0)))
     face = _FaceDrawer(canvas, center, scale, uniform((-10.0, 10.0)))
-    face_rx = 15.0 * uniform((0.92, 1.08))
-    face_ry = 19.0 * uniform((0.94, 1.06))
+    face_rx = 15.5 * uniform((0.92, 1.08))
+    face_ry = 19.5 * uniform((0.94, 1.06))
 
     # Nuisance tones. Features are always darker than skin by a clear margin so expressions stay visible.
     skin = int(uniform((70.0, 230.0)))
-    ink = max(0, skin - int(uniform((70.0, 140.0))))
+    ink = max(0, skin - int(uniform((90.0, 150.0))))
     tones = {
         "ink": ink,
         "mouth": max(0, ink - 10),
@@ -330,8 +330,8 @@ def _render(
 
     t = canvas.curve_t
     eye_y = -3.0 + uniform((-0.7, 0.7))
-    eye_dx = 6.0 + uniform((-0.5, 0.5))
-    eye_w = 3.0 * uniform((0.9, 1.1))
+    eye_dx = 6.5 + uniform((-0.5, 0.5))
+    eye_w = 3.3 * uniform((0.9, 1.1))
     for side in (-1.0, 1.0):
         _draw_eye(face, side * eye_dx, eye_y, eye_w, vals["eye_open"], tones)
         _draw_brow(face, side, eye_y, vals, t, ink)
@@ -343,12 +343,12 @@ def _render(
     if spec.nose_wrinkle:
         for k in range(num_wrinkles):
             y = eye_y + 1.2 + 1.3 * k
-            face.stroke(np.array([-2.6, 0.0, 2.6]), np.array([y + 0.6, y, y + 0.6]), 0.8, tones["nose"])
+            face.stroke(np.array([-2.8, 0.0, 2.8]), np.array([y + 0.7, y, y + 0.7]), 0.9, ink)
 
-    _draw_mouth(face, 10.0 + uniform((-0.8, 0.8)), vals, t, tones["mouth"])
+    _draw_mouth(face, 10.5 + uniform((-0.8, 0.8)), vals, t, tones["mouth"])
 
     small = face.image.reduce(_SUPERSAMPLE)
-    drawn_out[...] = np.asarray(small.filter(ImageFilter.GaussianBlur(uniform((0.0, 0.8)))))
+    drawn_out[...] = np.asarray(small.filter(ImageFilter.GaussianBlur(uniform((0.0, 0.6)))))
     rng.standard_normal(out=noise_out, dtype=np.float32)
     light_angle = uniform((0.0, 2.0 * math.pi))
     light = uniform((0.0, 45.0))
