@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from fer_hf.labels import SPLITS
+from fer_hf.transforms import AUGMENT_ON
 
 
 @dataclass
@@ -58,6 +60,15 @@ class DataArguments:
         default=0.08, metadata={"help": "Smallest area fraction RandomResizedCrop samples (torchvision: 0.08)."}
     )
     hflip: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip in training."})
+    augment_on: str = field(
+        default="auto",
+        metadata={"help": "Where faces are cropped, flipped, resized and normalised: `device` (whole uint8 batches on "
+                  "the training device), `cpu` (whole batches in the DataLoader), `per_sample` (timm's PIL transforms "
+                  "one image at a time, as the transformers example does) or `auto` (device on a GPU, else cpu)."},
+    )
+    channels_last: bool = field(
+        default=False, metadata={"help": "Feed the model channels-last (NHWC) batches and weights (faster on GPU)."}
+    )
     eval_split: str = field(
         default="validation",
         metadata={"help": "Split evaluated each epoch to pick the best checkpoint (`train` for the overfit check)."},
@@ -82,6 +93,8 @@ class DataArguments:
             raise ValueError(f"--crop_scale_min must be in (0, 1], got {self.crop_scale_min}.")
         if not 0 <= self.hflip <= 1:
             raise ValueError(f"--hflip must be a probability in [0, 1], got {self.hflip}.")
+        if self.augment_on not in AUGMENT_ON:
+            raise ValueError(f"--augment_on must be one of {AUGMENT_ON}, got {self.augment_on!r}.")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}.")
 
@@ -119,7 +132,10 @@ def recipe_to_argv(recipe: dict[str, Any]) -> list[str]:
     """Turn a recipe into command-line tokens so YAML and CLI values go through the same type conversion."""
     argv: list[str] = []
     for key, value in recipe.items():
-        if value is None:
+        if value is None or value == []:  # an empty list cannot be spelled as flags; the parser default stands
+            continue
+        if isinstance(value, dict):  # e.g. lr_scheduler_kwargs: the parser reads dicts as JSON
+            argv += [f"--{key}", json.dumps(value)]
             continue
         values = value if isinstance(value, list) else [value]
         argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]

@@ -81,6 +81,8 @@ def load_timm_model(model_dir: str | os.PathLike) -> torch.nn.Module:
 def _from_pretrained(name: str, labels: dict, cache_dir: str | None) -> TimmWrapperForImageClassification:
     try:
         config = TimmWrapperConfig.from_pretrained(name, cache_dir=cache_dir, **labels)
+        # Newer timm writes `num_classes` into model_args as well; ours (7) is num_labels, so drop the stale one.
+        config.model_args = {k: v for k, v in (config.model_args or {}).items() if k != "num_classes"} or None
         # The checkpoint's 1000-class head does not fit 7 labels: it is dropped and re-initialised.
         return TimmWrapperForImageClassification.from_pretrained(
             name, config=config, cache_dir=cache_dir, ignore_mismatched_sizes=True

@@ -1,0 +1,87 @@
+"""End-to-end runs of the train entry point, as a user would look at their output_dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import REPO, TINY_TRAIN_ARGS
+from fer_hf.hub import HubAccessError
+from fer_hf.labels import LABEL_NAMES
+from fer_hf.train import main
+
+
+def test_training_run_writes_model_metrics_and_figures(trained_run):
+    results = json.loads((trained_run / "all_results.json").read_text())
+    for prefix in ("eval", "test"):  # validation picks the checkpoint; test is evaluated once, at the end
+        for key in ("accuracy", "precision", "recall", "f1", "paper_f1", "f1_happy", "recall_disgust", "loss"):
+            assert 0 <= results[f"{prefix}_{key}"] <= (10 if key == "loss" else 1), f"{prefix}_{key}"
+    state = json.loads((trained_run / "trainer_state.json").read_text())
+    assert state["best_metric"] == pytest.approx(results["eval_accuracy"])  # the restored best epoch
+    assert any("train_accuracy" in row for row in state["log_history"])
+    for split, size in (("validation", 140), ("test", 140)):
+        matrix = json.loads((trained_run / f"confusion_matrix_{split}.json").read_text())
+        assert matrix["labels"] == list(LABEL_NAMES)
+        assert np.asarray(matrix["matrix"]).sum() == size
+        png = Image.open(trained_run / f"confusion_matrix_{split}.png")
+        assert png.size[0] > 300 and np.asarray(png.convert("L")).std() > 10
+    args = yaml.safe_load((trained_run / "args.yaml").read_text())
+    assert args["learning_rate"] == 0.002 and args["dataset"] == "synthetic"
+    assert (trained_run / "model.safetensors").is_file() and (trained_run / "config.json").is_file()
+
+
+def test_saved_run_classifies_with_pipeline(trained_run):
+    from transformers import pipeline
+
+    classifier = pipeline("image-classification", model=str(trained_run))
+    face = Image.fromarray(np.full((48, 48), 128, np.uint8))
+    top = classifier(face)[0]
+    assert top["label"] in LABEL_NAMES and 0 < top["score"] <= 1
+
+
+def test_push_to_hub_without_credentials_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token either
+    with pytest.raises(HubAccessError, match="--push_to_hub to 'me/fer'"):
+        main([*TINY_TRAIN_ARGS, "--output_dir", str(tmp_path / "run"), "--push_to_hub", "true",
+              "--hub_model_id", "me/fer"])
+    assert not (tmp_path / "run").exists()  # nothing was trained
+
+
+def test_overfit_recipe_memorises_64_images(tmp_path):
+    """The paper's step 1: 64 training images fitted to 100% training accuracy."""
+    results = main(["--config", str(REPO / "configs" / "overfit.yaml"), "--output_dir", str(tmp_path),
+                    "--disable_tqdm", "true"])
+    assert results["eval_accuracy"] == 1.0
+    assert json.loads((tmp_path / "confusion_matrix_train.json").read_text())["split"] == "train"
+
+
+def test_two_process_cpu_ddp_evaluates_every_image_once(tmp_path):
+    """accelerate launch --cpu --num_processes 2: one set of outputs; an odd-sized eval set is not padded."""
+    output_dir = tmp_path / "ddp"
+    args = [*TINY_TRAIN_ARGS]
+    overrides = {"--synthetic_train_size": "128", "--synthetic_eval_size": "71", "--num_train_epochs": "1",
+                 "--per_device_eval_batch_size": "16"}
+    for flag, value in overrides.items():
+        args[args.index(flag) + 1] = value
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "fer_hf.train", *args, "--output_dir", str(output_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((output_dir / "all_results.json").read_text())
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        matrix = np.asarray(json.loads((output_dir / f"confusion_matrix_{split}.json").read_text())["matrix"])
+        assert matrix.sum() == 71
+        assert results[f"{prefix}_accuracy"] == pytest.approx(np.trace(matrix) / 71)
+    assert sorted(p.name for p in output_dir.glob("*_results.json")) == [
+        "all_results.json", "eval_results.json", "test_results.json", "train_results.json"]
+    assert (done.stdout + done.stderr).count("***** test metrics *****") == 1  # only the main process reports
