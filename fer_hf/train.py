@@ -13,22 +13,28 @@ import sys
 from pathlib import Path
 
 import datasets
+import torch
 import transformers
 from transformers import set_seed
 
 from fer_hf.config import parse_args, save_arguments
+from fer_hf.curves import plot_training_curves
 from fer_hf.data import load_fer2013
 from fer_hf.hub import check_push_access
 from fer_hf.metrics import compute_metrics
+from fer_hf.model_card import write_model_card
 from fer_hf.modeling import build_model, image_processor_for
+from fer_hf.sweep_spec import agent_run_output_dir
 from fer_hf.trainer import FerTrainer, evaluate_split
-from fer_hf.transforms import AugmentationConfig, BatchTransform, collate, eval_transform, image_mode, train_transform
+from fer_hf.transforms import AugmentationConfig, build_pipeline
 
 logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, training_args = parse_args(argv)
+    # A W&B sweep agent gives every run the same command line: each run gets its own output_dir/<run id>.
+    training_args.output_dir = agent_run_output_dir(training_args.output_dir)
 
     # ---- logging: info on the main process only
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[logging.StreamHandler()])
@@ -44,6 +50,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     training_args.remove_unused_columns = False
     if training_args.device.type == "cpu":
         training_args.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
+    elif training_args.dataloader_pin_memory:
+        training_args.accelerator_config.non_blocking = True  # copy the next batch while the GPU computes
 
     # ---- data: FER-2013 (or synthetic) with train / validation / test
     dataset = load_fer2013(
@@ -72,20 +80,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     processor = image_processor_for(model.config)
     augmentation = AugmentationConfig(crop_scale=(data_args.crop_scale_min, 1.0), hflip=data_args.hflip)
-    mode = image_mode(processor)
-    train_data = dataset["train"].with_transform(BatchTransform(train_transform(processor, augmentation), mode))
-    evaluation = {split: part.with_transform(BatchTransform(eval_transform(processor), mode))
-                  for split, part in dataset.items()}
+    if data_args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # Per-image PIL transforms, or the same transforms on whole uint8 batches in the DataLoader or on the device.
+    pipeline = build_pipeline(dataset, processor, augmentation, augment_on=data_args.augment_on,
+                              device=training_args.device, channels_last=data_args.channels_last)
+    evaluation = pipeline.evaluation
 
     # ---- train; the best epoch on `eval_split` is restored at the end (load_best_model_at_end)
     trainer = FerTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_data,
+        train_dataset=pipeline.train,
         eval_dataset=evaluation[data_args.eval_split],
-        data_collator=collate,
+        data_collator=pipeline.collate,
         compute_metrics=compute_metrics,
     )
+    trainer.device_transform = pipeline.device_transform
     if trainer.is_world_process_zero():
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
         save_arguments(Path(training_args.output_dir) / "args.yaml", model_args, data_args, training_args)
@@ -100,7 +111,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     results |= evaluate_split(trainer, evaluation[data_args.eval_split], "eval", data_args.eval_split, label_names)
     results |= evaluate_split(trainer, evaluation["test"], "test", "test", label_names)
 
-    if training_args.push_to_hub:
+    # ---- the figures and the model card (README.md) beside the model, from the files just written
+    if trainer.is_world_process_zero():
+        plot_training_curves(training_args.output_dir)
+        write_model_card(training_args.output_dir, repo_id=training_args.hub_model_id)
+
+    if training_args.push_to_hub:  # FerTrainer.create_model_card keeps our card; checkpoints are not uploaded
         trainer.push_to_hub(finetuned_from=model_args.model_name_or_path, dataset="FER-2013")
     return results
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +14,18 @@ from transformers import Trainer
 
 from fer_hf.figures import plot_confusion_matrix
 from fer_hf.metrics import classification_report
+from fer_hf.model_card import write_model_card
 
 logger = logging.getLogger(__name__)
 
 
 class FerTrainer(Trainer):
     """`Trainer` that also logs `train_accuracy` over each logging window (the paper's Fig. 4 plots it)."""
+
+    # Finishes each batch once it is on the training device: the batch pipeline moves uint8 faces and crop boxes, and
+    # this crops, resizes and normalises them there (`fer_hf.transforms.DataPipeline.device_transform`). None: batches
+    # arrive model-ready.
+    device_transform: Callable[[dict], dict] | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -34,6 +40,10 @@ class FerTrainer(Trainer):
             self._train_hits = hits if self._train_hits is None else self._train_hits + hits
         return (loss, outputs) if return_outputs else loss
 
+    def _prepare_inputs(self, inputs: dict) -> dict:
+        inputs = super()._prepare_inputs(inputs)
+        return inputs if self.device_transform is None else self.device_transform(inputs)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training-step logs carry "loss" and are emitted on every process together, so the reduce is safe here.
         if "loss" in logs and self._train_hits is not None:
@@ -41,6 +51,11 @@ class FerTrainer(Trainer):
             logs["train_accuracy"] = round(correct / max(seen, 1), 4)
             self._train_hits = None
         super().log(logs, start_time)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        # Trainer.push_to_hub calls this right before uploading output_dir; its generic card would replace ours.
+        if self.is_world_process_zero() and (Path(self.args.output_dir) / "config.json").is_file():
+            write_model_card(self.args.output_dir, repo_id=self.hub_model_id)
 
 
 def evaluate_split(

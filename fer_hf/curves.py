@@ -1,0 +1,132 @@
+"""Training curves from the Trainer's state, like the paper's Fig. 4 (accuracy) and Fig. 5 (loss).
+
+`trainer_state.json`'s `log_history` has training rows (`loss`, `train_accuracy`, `step`) and evaluation rows
+(`eval_loss`, `eval_accuracy`, `step`); the best checkpoint is `best_global_step` (or the number in
+`best_model_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; never open a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state.json"
+ACCURACY_FIGURE = "accuracy_curve.png"
+LOSS_FIGURE = "loss_curve.png"
+
+
+@dataclass
+class Curves:
+    train_steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy_steps: list[int] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+    eval_accuracy: list[float] = field(default_factory=list)
+    best_step: int | None = None
+
+
+def find_trainer_state(run_dir: str | os.PathLike) -> Path:
+    """`run_dir/trainer_state.json`, else the newest checkpoint's (a run stopped before `save_state`)."""
+    run_dir = Path(run_dir)
+    if (run_dir / TRAINER_STATE).is_file():
+        return run_dir / TRAINER_STATE
+    checkpoints = sorted(run_dir.glob(f"checkpoint-*/{TRAINER_STATE}"), key=lambda p: _step_of(p.parent.name) or -1)
+    if checkpoints:
+        return checkpoints[-1]
+    raise FileNotFoundError(
+        f"{run_dir}: no {TRAINER_STATE} here or in a checkpoint-* folder; give the output_dir of `fer_hf.train`."
+    )
+
+
+def read_curves(state_path: str | os.PathLike) -> Curves:
+    state = json.loads(Path(state_path).read_text())
+    curves = Curves()
+    for row in state.get("log_history", []):
+        step = row.get("step")
+        if step is None:
+            continue
+        if "loss" in row:
+            curves.train_steps.append(step)
+            curves.train_loss.append(row["loss"])
+        if "train_accuracy" in row:
+            curves.train_accuracy_steps.append(step)
+            curves.train_accuracy.append(row["train_accuracy"])
+        if "eval_accuracy" in row and "eval_loss" in row:
+            curves.eval_steps.append(step)
+            curves.eval_loss.append(row["eval_loss"])
+            curves.eval_accuracy.append(row["eval_accuracy"])
+    curves.best_step = state.get("best_global_step") or _step_of(state.get("best_model_checkpoint") or "")
+    return curves
+
+
+def _step_of(checkpoint: str) -> int | None:
+    match = re.search(r"checkpoint-(\d+)/?$", str(checkpoint))
+    return int(match.group(1)) if match else None
+
+
+def _mark_best(ax, curves: Curves, values: list[float]) -> None:
+    if curves.best_step is None:
+        return
+    ax.axvline(curves.best_step, color="tab:red", linestyle="--", linewidth=1, label=f"best checkpoint (step "
+               f"{curves.best_step})")
+    if curves.best_step in curves.eval_steps:
+        i = curves.eval_steps.index(curves.best_step)
+        ax.plot([curves.best_step], [values[i]], marker="*", markersize=14, color="tab:red", zorder=5)
+
+
+def plot_training_curves(run_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Write `accuracy_curve.png` (train and validation accuracy per step) and `loss_curve.png` (validation loss,
+    with the training loss faint behind it) to `output_dir` (default: `run_dir`)."""
+    state_path = find_trainer_state(run_dir)
+    curves = read_curves(state_path)
+    if not curves.eval_steps and not curves.train_steps:
+        # A run shorter than one logging window: nothing to draw, and no reason to fail the run that called us.
+        logger.warning("%s: log_history has no training or evaluation rows; no curves written.", state_path)
+        return []
+    out = Path(output_dir or run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if curves.train_accuracy:
+        ax.plot(curves.train_accuracy_steps, [100 * a for a in curves.train_accuracy], label="training accuracy",
+                color="tab:blue", alpha=0.8)
+    if curves.eval_accuracy:
+        ax.plot(curves.eval_steps, [100 * a for a in curves.eval_accuracy], label="validation accuracy",
+                color="tab:orange", marker="o", markersize=4)
+    _mark_best(ax, curves, [100 * a for a in curves.eval_accuracy])
+    ax.set(xlabel="step", ylabel="accuracy (%)", title="Training and validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    accuracy_path = out / ACCURACY_FIGURE
+    fig.savefig(accuracy_path, dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if curves.train_loss:
+        ax.plot(curves.train_steps, curves.train_loss, label="training loss", color="tab:blue", alpha=0.35)
+    if curves.eval_loss:
+        ax.plot(curves.eval_steps, curves.eval_loss, label="validation loss", color="tab:orange", marker="o",
+                markersize=4)
+    _mark_best(ax, curves, curves.eval_loss)
+    ax.set(xlabel="step", ylabel="cross-entropy loss", title="Validation loss (training loss faint)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    loss_path = out / LOSS_FIGURE
+    fig.savefig(loss_path, dpi=120)
+    plt.close(fig)
+    return [accuracy_path, loss_path]

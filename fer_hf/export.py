@@ -1,0 +1,134 @@
+"""Export a saved model to ONNX (dynamic batch axis) and check it against PyTorch on real faces.
+
+    python -m fer_hf.export outputs/paper_resnet50 --onnx resnet50_fer.onnx --dataset fer2013.npz
+
+The graph takes `pixel_values` (batch, C, H, W), normalised as the model's image processor does, and returns
+`logits` (batch, 7). The model's config.json (labels, timm data config) is embedded in the file's metadata, so
+`python -m fer_hf.predict photo.jpg --onnx resnet50_fer.onnx` needs nothing else. The export fails unless ONNX
+Runtime's logits match PyTorch's to within --tolerance on the given images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import HfArgumentParser
+
+from fer_hf.inference import ONNX_CONFIG_KEY, FerClassifier, load_classifier, view_logits
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "logits"
+
+
+class ExportParityError(RuntimeError):
+    """ONNX Runtime's logits differ from PyTorch's by more than the tolerance."""
+
+
+class _LogitsOnly(torch.nn.Module):
+    """The transformers model returns a ModelOutput; ONNX wants a plain tensor."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
+def export_onnx(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, opset: int = 18) -> Path:
+    """Write `onnx_path` from a saved model folder: dynamic batch axis, config embedded in the metadata."""
+    import onnx
+
+    classifier = load_classifier(model_dir, device="cpu")
+    channels, height, width = classifier.processor.data_config["input_size"]
+    example = torch.zeros(2, channels, height, width)
+    onnx_path = Path(onnx_path)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        _LogitsOnly(classifier.model).eval(),
+        (example,),
+        str(onnx_path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch", min=1, max=4096)}},
+        opset_version=opset,
+        dynamo=True,
+        verbose=False,
+        external_data=False,  # one self-contained file; a ResNet-50 is ~100 MB, far below protobuf's 2 GB
+    )
+    model = onnx.load(str(onnx_path))
+    onnx.checker.check_model(model)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = ONNX_CONFIG_KEY, classifier.config.to_json_string()
+    model.doc_string = f"fer_hf FER-2013 classifier exported from {Path(model_dir).name}: pixel_values -> logits"
+    onnx.save(model, str(onnx_path))
+    return onnx_path
+
+
+def check_parity(
+    torch_model: FerClassifier, onnx_model: FerClassifier, faces: list, tolerance: float = 1e-4
+) -> float:
+    """Max abs logit difference between the two backends on `faces` (run as one batch and one at a time, so the
+    dynamic batch axis is exercised); raises ExportParityError above `tolerance`."""
+    reference = view_logits(torch_model, faces)[:, 0]
+    batched = view_logits(onnx_model, faces, batch_size=len(faces))[:, 0]
+    single = view_logits(onnx_model, faces[:2], batch_size=1)[:, 0]
+    difference = max(float(np.abs(reference - batched).max()), float(np.abs(reference[:2] - single).max()))
+    if difference >= tolerance:
+        raise ExportParityError(
+            f"ONNX Runtime's logits differ from PyTorch's by up to {difference:.2e} (tolerance {tolerance:g}); try "
+            "another --opset, or report the model and versions."
+        )
+    return difference
+
+
+@dataclass
+class ExportArguments:
+    onnx: str = field(metadata={"help": "The .onnx file to write."})
+    dataset: str = field(
+        default="synthetic",
+        metadata={"help": "Faces for the parity check: fer2013.csv / .npz / folder / Hub id (real faces), or "
+                  "`synthetic`."},
+    )
+    split: str = field(default="test", metadata={"help": "Split of --dataset the parity check draws from."})
+    num_images: int = field(default=64, metadata={"help": "Faces in the parity check."})
+    tolerance: float = field(default=1e-4, metadata={"help": "Largest allowed max abs logit difference."})
+    opset: int = field(default=18, metadata={"help": "ONNX opset version."})
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = HfArgumentParser(ExportArguments, prog="python -m fer_hf.export",
+                              description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dir", help="A saved model folder (training output_dir or a checkpoint-*).")
+    args, extra = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    from fer_hf.data import load_fer2013
+
+    try:
+        path = export_onnx(extra.model_dir, args.onnx, args.opset)
+        part = load_fer2013(args.dataset)[args.split]
+    except (OSError, ValueError) as err:  # model folder or dataset: each message names the input and the fix
+        raise SystemExit(f"fer_hf.export: {err}") from err
+    faces = [example["image"] for example in part.select(range(min(args.num_images, len(part))))]
+    torch_model = load_classifier(extra.model_dir, device="cpu")
+    onnx_model = load_classifier(onnx_path=path)
+    try:
+        difference = check_parity(torch_model, onnx_model, faces, args.tolerance)
+    except ExportParityError as err:
+        raise SystemExit(f"fer_hf.export: {path}: {err}") from err
+    print(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB; dynamic batch axis; opset {args.opset}).")
+    print(f"Parity on {len(faces)} {args.dataset} {args.split} faces: max abs logit difference {difference:.2e} "
+          f"(< {args.tolerance:g}).")
+    return difference
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,60 @@
+"""fer_hf.export: ONNX with a dynamic batch axis, parity with PyTorch on real FER-2013 faces, and `predict --onnx`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="the onnx extra: pip install -e .[onnx]")
+pytest.importorskip("onnxscript", reason="the onnx extra: pip install -e .[onnx]")
+
+from fer_hf import export  # noqa: E402
+from fer_hf import predict as fer_predict  # noqa: E402
+from fer_hf.inference import ONNX_CONFIG_KEY, load_classifier, view_logits  # noqa: E402
+
+
+@pytest.fixture
+def shared_dataset_cache(tmp_path_factory, monkeypatch):
+    import datasets
+
+    cache = tmp_path_factory.getbasetemp() / "fer_hf_cli_cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache
+
+
+def test_export_onnx_parity_on_real_faces_and_predict_with_it(trained_run, fer2013, fer2013_path,
+                                                               shared_dataset_cache, tmp_path, capsys):
+    import onnx
+
+    path = tmp_path / "fer.onnx"
+    difference = export.main([str(trained_run), "--onnx", str(path), "--dataset", str(fer2013_path),
+                              "--num_images", "32"])
+    assert difference < 1e-4
+    assert "max abs logit difference" in capsys.readouterr().out
+
+    model = onnx.load(str(path))
+    batch_axis = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_axis.dim_param and not batch_axis.dim_value  # symbolic: any batch size
+    assert ONNX_CONFIG_KEY in {entry.key for entry in model.metadata_props}
+
+    # Independently of the CLI's own check: other real faces, batch sizes 7 and 1.
+    faces = [fer2013["validation"][i]["image"] for i in range(7)]
+    reference = view_logits(load_classifier(trained_run, device="cpu"), faces)[:, 0]
+    onnx_model = load_classifier(onnx_path=path)  # labels and preprocessing from the embedded config
+    assert onnx_model.label_names == load_classifier(trained_run, device="cpu").label_names
+    assert np.abs(view_logits(onnx_model, faces, batch_size=7)[:, 0] - reference).max() < 1e-4
+    assert np.abs(view_logits(onnx_model, faces, batch_size=1)[:, 0] - reference).max() < 1e-4
+
+    for i, face in enumerate(faces[:2]):
+        face.save(tmp_path / f"face{i}.png")
+    outputs = {}
+    for backend in (["--onnx", str(path)], ["--model", str(trained_run)]):
+        assert fer_predict.main([str(tmp_path / "face0.png"), str(tmp_path / "face1.png"), "--no_detect", "--json",
+                                 *backend]) == 0
+        outputs[backend[0]] = json.loads(capsys.readouterr().out)
+    for by_onnx, by_torch in zip(outputs["--onnx"], outputs["--model"], strict=True):
+        assert by_onnx["faces"][0]["label"] == by_torch["faces"][0]["label"]
+        for label, score in by_onnx["faces"][0]["scores"].items():
+            assert score == pytest.approx(by_torch["faces"][0]["scores"][label], abs=2e-4)
