@@ -329,7 +329,7 @@ def _render(
         face.ellipse(side * face_rx * 0.98, 1.0, 2.6, 4.0, fill=max(0, skin - 12))
     face.ellipse(0.0, 0.0, face_rx, face_ry, fill=skin)
     if has_hair:
-        # Project the lower part of a slightly larger head outline onto the hairline to get a fringe cap.
+        # Clamp a slightly larger head outline at the hairline, leaving only the cap above it: a fringe.
         cap = face.ellipse_points(0.0, 0.0, face_rx * 1.03, face_ry * 1.03)
         cap[:, 1] = np.minimum(cap[:, 1], hairline)
         face.polygon(cap, fill=hair_tone)
