@@ -105,7 +105,9 @@ def _is_int(value: Any) -> bool:
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=3)
+    candidates = list(candidates)
+    prefixed = [c for c in candidates if c.startswith(name) and c != name]  # `adamw` -> adamw_torch first
+    close = list(dict.fromkeys(prefixed[:3] + difflib.get_close_matches(name, candidates, n=3)))[:3]
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
@@ -450,8 +452,10 @@ def _check_value(name: str, value: Any, action: argparse.Action, where: str) -> 
     if isinstance(value, (list, dict)):
         return f"{where}: W&B passes {value!r} as `--{name}={value}`, which argparse cannot read; use a scalar"
     kind = _argument_kind(action)
+    choices = [str(choice) for choice in action.choices or []]
+    listed = f"one of {choices}" if len(choices) <= 12 else f"one of its {len(choices)} choices (see --help)"
     expected = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string",
-                "choice": f"one of {list(action.choices or [])}"}[kind]
+                "choice": listed}[kind]
     wrong = (
         (kind == "float" and not _is_number(value))
         or (kind == "int" and not _is_int(value))
@@ -471,7 +475,7 @@ def _check_value(name: str, value: Any, action: argparse.Action, where: str) -> 
     if isinstance(value, str) and kind in ("float", "int"):
         hint = _YAML_FLOAT_HINT
     elif kind == "choice" and isinstance(value, str):
-        hint = _suggest(value, [str(c) for c in action.choices or []])
+        hint = _suggest(value, choices)
     return f"{where}: --{name} takes {expected}, got {value!r}{hint}"
 
 

@@ -117,12 +117,12 @@ def test_wandb_offline_run_of_two_processes_is_one_run_with_the_sweep_metric(tmp
             "--save_steps=1", "--save_total_limit=1", "--load_best_model_at_end=True", "--metric_for_best_model=loss",
             "--logging_steps=1", "--per_device_train_batch_size=8", "--ddp_backend=gloo",
             "--output_dir", str(output_dir)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "fer_hf.train", *args]
-    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     state = json.loads((output_dir / "trainer_state.json").read_text())
-    assert state["global_step"] == 2 and state["epoch"] == 2 * 8 * 2 / 48  # both processes trained
+    assert state["global_step"] == 2 and state["epoch"] == pytest.approx(2 * 8 * 2 / 48)  # 2 processes trained
 
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1  # only the main process logs: one W&B run
