@@ -46,7 +46,7 @@ class ModelArguments:
 class DataArguments:
     dataset: str = field(
         default="synthetic",
-        metadata={"help": "fer2013.csv, fer2013.npz (or its folder), a Kaggle image folder, a Hub id, or `synthetic`."},
+        metadata={"help": "fer2013.csv, fer2013.npz (or its folder), a Kaggle image folder, a Hub id or `synthetic`."},
     )
     image_size: int | None = field(
         default=None, metadata={"help": "Input resolution (paper: 224; FER native: 48). Default: the backbone's."}
@@ -81,7 +81,8 @@ class DataArguments:
         default=None, metadata={"help": "Keep only the first N validation and test images (quick runs)."}
     )
     skip_bad_rows: bool = field(
-        default=False, metadata={"help": "Skip malformed CSV rows / unreadable images (count logged) instead of failing."}
+        default=False,
+        metadata={"help": "Skip malformed CSV rows / unreadable images (count logged) instead of failing."},
     )
     synthetic_train_size: int = field(default=3000, metadata={"help": "`synthetic`: training images drawn."})
     synthetic_eval_size: int = field(default=600, metadata={"help": "`synthetic`: validation and test images each."})

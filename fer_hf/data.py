@@ -9,8 +9,8 @@ features of `fer_hf.labels.fer_features()`. Sources are told apart by what the a
 4. a Hub dataset id, through `datasets.load_dataset`;
 5. `synthetic`: procedurally drawn faces (`fer_hf.synthetic`).
 
-A CSV, archive or folder is parsed once and kept in the datasets cache, keyed by the source's path, size and modification
-time, so later loads memory-map Arrow files instead of parsing again.
+A CSV, archive or folder is parsed once and kept in the datasets cache, keyed by the source's path, size and
+modification time, so later loads memory-map Arrow files instead of parsing again.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def load_fer2013(
             return _cached(path, "csv", skip_bad_rows, cache_dir, lambda: _parse_csv(path, skip_bad_rows))
         if path.suffix.lower() == ".npz":
             return _cached(path, "npz", skip_bad_rows, cache_dir, lambda: _from_arrays(*_read_npz(path)))
-        raise FerDataError(f"{path}: unsupported file type {path.suffix!r}; give fer2013.csv, fer2013.npz or a folder.")
+        raise FerDataError(f"{path}: unsupported file type {path.suffix!r}; give fer2013.csv, fer2013.npz, a folder.")
     if path.is_dir():
         for name in ("fer2013.npz", "fer2013.csv"):
             if (path / name).is_file():
@@ -357,7 +357,8 @@ def _parse_folder(root: Path, validation_fraction: float, seed: int, skip_bad_ro
     splits = {s: _to_dataset(np.stack(p), np.array(y, np.int64)) for s, (p, y) in arrays.items() if p}
     if "validation" not in splits:
         why = "test/ file names do not start with PublicTest_/PrivateTest_"
-        splits["train"], splits["validation"] = _hold_out(splits["train"], validation_fraction, seed, f"{root} ({why})")
+        source = f"{root} ({why})"
+        splits["train"], splits["validation"] = _hold_out(splits["train"], validation_fraction, seed, source)
     if "test" not in splits:
         raise FerDataError(f"{root}/test: no images found in test/<class>/.")
     return DatasetDict({s: splits[s] for s in SPLITS})

@@ -42,7 +42,7 @@ def build_model(
         model_name_or_path: `timm/resnet50.a1_in1k` (Hub), `resnet18` (timm name) or a local folder saved by
             `save_pretrained` or timm's `save_for_hf`.
         pretrained: load the checkpoint's weights (its 1000-class head is replaced); False gives random init offline.
-        in_chans: 3 duplicates grayscale into RGB (the paper); 1 feeds grayscale and adapts the first conv as timm does.
+        in_chans: 3 duplicates grayscale into RGB (the paper); 1 feeds grayscale, first conv adapted as timm does.
         image_size: input resolution written into the data config; None keeps the backbone's default.
         crop_pct: evaluation centre-crop fraction; None keeps the backbone's.
     """

@@ -22,7 +22,8 @@ def make_faces(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def write_csv(path, pixels, labels, usages, header="emotion,pixels,Usage"):
     rows = [header] + [
-        f"{label},{' '.join(map(str, face.ravel()))},{usage}" for face, label, usage in zip(pixels, labels, usages)
+        f"{label},{' '.join(map(str, face.ravel()))},{usage}"
+        for face, label, usage in zip(pixels, labels, usages, strict=True)
     ]
     path.write_text("\n".join(rows) + "\n")
     return path
@@ -162,7 +163,7 @@ def test_missing_column_is_named(tmp_path):
     pixels, labels = make_faces(3)
     path = tmp_path / "train.csv"
     path.write_text("emotion,pixels\n" + "\n".join(f"{y},{' '.join(map(str, p.ravel()))}" for p, y in
-                                                  zip(pixels, labels)))
+                                                  zip(pixels, labels, strict=True)))
     with pytest.raises(FerDataError, match=r"train\.csv: missing column\(s\) \['Usage'\]"):
         load_fer2013(str(path), cache_dir=tmp_path / "c")
 

@@ -9,7 +9,10 @@ import datasets
 import evaluate
 import numpy as np
 
-_DESCRIPTION = "Accuracy, macro P/R/F1, the paper's F1 (harmonic mean of macro P and R), per-class scores and the confusion matrix."
+_DESCRIPTION = (
+    "Accuracy, macro P/R/F1, the paper's F1 (harmonic mean of macro P and R), per-class scores and the "
+    "confusion matrix."
+)
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (list of int): predicted class ids.
@@ -34,7 +37,9 @@ class FerMetric(evaluate.Metric):
             description=_DESCRIPTION,
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+            ),
         )
 
     def _compute(self, predictions, references, label_names=None, num_labels=None):
@@ -61,7 +66,7 @@ class FerMetric(evaluate.Metric):
             "paper_f1": 2 * macro_p * macro_r / (macro_p + macro_r) if macro_p + macro_r > 0 else 0.0,
             "per_class": {
                 name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                for name, p, r, f, s in zip(names, precision, recall, f1, support)
+                for name, p, r, f, s in zip(names, precision, recall, f1, support, strict=True)
             },
             "confusion_matrix": matrix.tolist(),
         }
