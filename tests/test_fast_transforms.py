@@ -7,6 +7,7 @@ distributions as timm's RandomResizedCropAndInterpolation + RandomHorizontalFlip
 from __future__ import annotations
 
 import io
+import json
 import math
 import random
 
@@ -281,3 +282,17 @@ def test_real_faces_decode(fer2013):
     faces = decode_faces(fer2013["validation"])
     assert faces.shape == (3589, 48, 48) and faces.dtype == np.uint8
     assert np.array_equal(faces[0], np.asarray(fer2013["validation"][0]["image"]))
+
+
+@pytest.mark.slow
+def test_train_entry_point_on_the_device_path(tmp_path):
+    """`--augment_on device` end to end: uint8 batches reach the trainer, which finishes them on the device."""
+    from conftest import TINY_TRAIN_ARGS
+    from fer_hf.train import main
+
+    results = main([*TINY_TRAIN_ARGS, "--synthetic_train_size", "128", "--synthetic_eval_size", "64",
+                    "--num_train_epochs", "1", "--augment_on", "device", "--output_dir", str(tmp_path)])
+    assert 0 <= results["test_accuracy"] <= 1
+    assert (tmp_path / "args.yaml").read_text().count("augment_on: device") == 1
+    report = json.loads((tmp_path / "confusion_matrix_test.json").read_text())
+    assert sum(map(sum, report["matrix"])) == 64  # every test image once
