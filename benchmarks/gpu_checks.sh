@@ -1,27 +1,73 @@
 #!/usr/bin/env bash
-# The GPU figures of benchmarks/RESULTS.md (H100/H200; roughly 15 minutes in all): throughput of ResNet-18 at 112 px
-# and ResNet-50 at 224 px with bf16, then the paper's ResNet-50 recipe (30 epochs, 224 px) end to end, timed.
+# The GPU figures of benchmarks/RESULTS.md (H100/H200), in two stages that each fit one device-tool command
+# (10 minutes a command; 15 minutes of device time a session, the machine's start included):
 #
-#   FER2013_PATH=/path/to/fer2013.npz bash benchmarks/gpu_checks.sh OUT_DIR [PRETRAINED]
+#   throughput  ResNet-18 at 112 px and ResNet-50 at 224 px, bf16, channels_last: (a) model alone, (b) fer_hf,
+#               (c) the baseline, and the host syncs per training step of (b) and (c).     About 3 minutes.
+#   recipe      the paper's ResNet-50 recipe (configs/paper_resnet50.yaml: 30 epochs, 224 px, Adafactor, batch 64)
+#               end to end, timed. The target is one 10-minute run.
 #
-# PRETRAINED (default false) is passed to --pretrained: the recipe's ImageNet weights need the Hub (or a local copy
-# given as --model_name_or_path); random init times the same arithmetic but does not reach the paper's accuracy.
+#   bash benchmarks/gpu_checks.sh STAGE [OUT_DIR] [PRETRAINED]
+#
+# OUT_DIR defaults to $OUT (the device tool's folder) or gpu_results. PRETRAINED (default false) goes to
+# --pretrained: the recipe's ImageNet weights need the Hub (or a local copy given as --model_name_or_path); random
+# init times the same arithmetic but does not reach the paper's accuracy.
+#
+# On the device tool's machine, whose image lacks `datasets` and `evaluate` and cannot reach ../shared, prepare once
+# here and carry the folder:
+#   mkdir -p .device && cp ../shared/gpu-wheels/*.whl ../shared/data/fer2013/fer2013-device.tar.xz .device/
+#   grep -qx .device .git/info/exclude || echo .device >> .git/info/exclude
+#   run(command="bash benchmarks/gpu_checks.sh throughput", carry=[".device"], timeout_s=300)
+#   run(command="bash benchmarks/gpu_checks.sh recipe", carry=[".device"], timeout_s=600)
 set -euo pipefail
-out=${1:-gpu_results}
-pretrained=${2:-false}
+stage=${1:-}
+if [ "$stage" != throughput ] && [ "$stage" != recipe ]; then
+    echo "usage: bash benchmarks/gpu_checks.sh throughput|recipe [OUT_DIR] [PRETRAINED]" >&2
+    exit 2
+fi
+out=${2:-${OUT:-gpu_results}}
+pretrained=${3:-false}
 mkdir -p "$out"
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1} WANDB_MODE=${WANDB_MODE:-offline}
+
+# ---- what the device image lacks, from .device/ (each step is skipped where it is already done)
+if [ -d .device ]; then
+    if ! python3 -c "import datasets, evaluate" 2>/dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --target .device/site .device/*.whl
+    fi
+    export PYTHONPATH="$PWD/.device/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    if [ -z "${FER2013_PATH:-}" ] && [ -f .device/fer2013-device.tar.xz ]; then
+        if [ ! -f .device/data/fer2013.npz ]; then
+            mkdir -p .device/data
+            tar -xJf .device/fer2013-device.tar.xz -C .device/data
+            (cd .device/data && python3 rebuild.py)
+        fi
+        export FER2013_PATH="$PWD/.device/data/fer2013.npz"
+    fi
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+: "${FER2013_PATH:?set FER2013_PATH to fer2013.npz (or .csv / a Kaggle folder), or prepare .device/ as above}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 
-python benchmarks/throughput.py --model resnet18 --image_size 112 --device cuda --bf16 --channels_last \
-    --batch_size 256 --eval_batch_size 512 --steps 30 --repeats 3 --json "$out/resnet18_112.json" \
-    | tee "$out/resnet18_112.txt"
-python benchmarks/throughput.py --model resnet50 --image_size 224 --device cuda --bf16 --channels_last \
-    --batch_size 64 --eval_batch_size 256 --steps 30 --repeats 3 --json "$out/resnet50_224.json" \
-    | tee "$out/resnet50_224.txt"
-
-# The paper's recipe as configs/paper_resnet50.yaml has it, on the batch pipeline (augment_on auto = device).
-start=$(date +%s)
-python -m fer_hf.train --config configs/paper_resnet50.yaml --dataset "${FER2013_PATH}" --pretrained "$pretrained" \
-    --bf16 true --channels_last true --dataloader_num_workers 0 --disable_tqdm true \
-    --output_dir "$out/paper_resnet50" 2>&1 | tail -40 | tee "$out/paper_resnet50.txt"
-echo "paper_resnet50 wall seconds: $(( $(date +%s) - start ))" | tee -a "$out/paper_resnet50.txt"
+case "$stage" in
+throughput)
+    # Evaluation windows fit the 3,589 validation faces: 7 x 512 and 12 x 256.
+    python3 benchmarks/throughput.py --model resnet18 --image_size 112 --device cuda --bf16 --channels_last \
+        --batch_size 256 --eval_batch_size 512 --eval_warmup 1 --eval_batches 6 --steps 30 --repeats 3 \
+        --dataset "$FER2013_PATH" \
+        --json "$out/resnet18_112.json" 2>&1 | tee "$out/resnet18_112.txt"
+    python3 benchmarks/throughput.py --model resnet50 --image_size 224 --device cuda --bf16 --channels_last \
+        --batch_size 64 --eval_batch_size 256 --steps 30 --repeats 3 --dataset "$FER2013_PATH" \
+        --json "$out/resnet50_224.json" 2>&1 | tee "$out/resnet50_224.txt"
+    ;;
+recipe)
+    # The paper's recipe as configs/paper_resnet50.yaml has it, on the batch pipeline (augment_on auto = device).
+    start=$(date +%s)
+    python3 -m fer_hf.train --config configs/paper_resnet50.yaml --dataset "$FER2013_PATH" \
+        --pretrained "$pretrained" --bf16 true --channels_last true --dataloader_num_workers 0 --disable_tqdm true \
+        --save_total_limit 1 --output_dir "$out/paper_resnet50" 2>&1 | tail -60 | tee "$out/paper_resnet50.txt"
+    echo "paper_resnet50 wall seconds: $(( $(date +%s) - start ))" | tee -a "$out/paper_resnet50.txt"
+    # The model weights and checkpoints stay behind: only the metrics, figures and card come back.
+    rm -rf "$out"/paper_resnet50/checkpoint-* "$out"/paper_resnet50/*.safetensors
+    ;;
+esac

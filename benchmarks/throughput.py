@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -142,6 +143,7 @@ def training_arguments(args, output_dir: str, device: torch.device, num_workers:
         learning_rate=args.learning_rate,
         lr_scheduler_type="constant",
         max_grad_norm=args.max_grad_norm,
+        logging_nan_inf_filter=False,  # as fer_hf.config sets it, for (b) and (c) alike: no host sync per step
         bf16=args.bf16,
         torch_compile=args.compile,
         eval_strategy="no",
@@ -179,6 +181,51 @@ def make_trainer(args, output_dir: str, model, feed: Feed, device: torch.device,
     trainer.device_transform = feed.device_transform
     trainer.remove_callback(PrinterCallback)  # its end-of-run metrics would bury the table
     return trainer
+
+
+def fer_hf_feed(args, dataset, processor, device: torch.device, augment_on: str) -> Feed:
+    """(b): fer_hf's own pipeline, as `fer_hf.train` builds it."""
+    augmentation = AugmentationConfig(crop_scale=(args.crop_scale_min, 1.0))
+    pipeline = build_pipeline(dataset, processor, augmentation, augment_on=augment_on, device=device,
+                              channels_last=args.channels_last)
+    return Feed(pipeline.train, pipeline.evaluation["validation"], pipeline.collate, pipeline.device_transform,
+                args.num_workers, fast=True)
+
+
+class SyncCounter(TrainerCallback):
+    """Records the host-device synchronisations of `count` training steps after `warmup` (CUDA only), with torch's
+    sync debug mode: each one stalls the CPU until the GPU has finished all the work launched so far."""
+
+    def __init__(self, warmup: int, count: int):
+        self.warmup, self.count = warmup, count
+        self.records: list[warnings.WarningMessage] | None = None
+        self._catcher: warnings.catch_warnings | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # From the end of step `warmup` to the end of step `warmup + count`: each step with its batch fetch.
+        if state.global_step == self.warmup:
+            self._catcher = warnings.catch_warnings(record=True)
+            self.records = self._catcher.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        elif state.global_step == self.warmup + self.count and self._catcher is not None:
+            torch.cuda.set_sync_debug_mode("default")
+            self._catcher.__exit__(None, None, None)
+            self._catcher = None
+
+
+def host_syncs(args, model, feed: Feed, device: torch.device, steps: int = 5) -> dict:
+    """Host syncs per training step of the Trainer loop over `feed` (the batch fetch included), and where they are."""
+    steps = min(steps, args.steps - 1)  # the run's last step ends with syncs of its own (the final loss)
+    counter = SyncCounter(args.warmup, steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        make_trainer(args, tmp, model, feed, device, [counter]).train()
+    records = [r for r in counter.records or [] if "synchroniz" in str(r.message)]
+    sources: dict[str, int] = {}
+    for record in records:
+        where = f"{Path(record.filename).name}:{record.lineno}"
+        sources[where] = sources.get(where, 0) + 1
+    return {"steps": steps, "per_step": len(records) / steps, "sources": sources}
 
 
 def trainer_throughput(args, model, feed: Feed, device: torch.device, evaluate: bool) -> Timing:
@@ -380,6 +427,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as fer_hf.train sets it on a GPU, for (a), (b) and (c)
     torch.manual_seed(0)
     load_start = os.getloadavg()
 
@@ -398,16 +447,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     processor = image_processor_for(model.config)
-    augmentation = AugmentationConfig(crop_scale=(args.crop_scale_min, 1.0))
 
-    def fer_hf_feed(augment_on: str) -> Feed:
-        pipeline = build_pipeline(dataset, processor, augmentation, augment_on=augment_on, device=device,
-                                  channels_last=args.channels_last)
-        return Feed(pipeline.train, pipeline.evaluation["validation"], pipeline.collate, pipeline.device_transform,
-                    args.num_workers, fast=True)
-
-    feeds = {"fer_hf": fer_hf_feed(args.augment_on)}
-    feeds |= {f"also:{mode}": fer_hf_feed(mode) for mode in filter(None, args.also.split(","))}
+    feeds = {"fer_hf": fer_hf_feed(args, dataset, processor, device, args.augment_on)}
+    feeds |= {f"also:{mode}": fer_hf_feed(args, dataset, processor, device, mode)
+              for mode in filter(None, args.also.split(","))}
     base_train, base_eval, base_collate = baseline_datasets(dataset, processor, args.crop_scale_min)
     feeds["baseline"] = Feed(base_train, base_eval["validation"], base_collate, None, args.baseline_num_workers,
                              fast=False)
@@ -451,6 +494,13 @@ def main(argv: list[str] | None = None) -> dict:
             result[f"{phase}_speedup_vs_baseline{suffix}"] = statistics.median(speedup)
             result[f"{phase}_speedup_vs_baseline{suffix}_range"] = [min(speedup), max(speedup)]
     result["machine"]["load_average_end"] = os.getloadavg()
+    if device.type == "cuda":
+        result["host_syncs"] = {}
+        for name in ("fer_hf", "baseline"):
+            try:
+                result["host_syncs"][name] = host_syncs(args, model, feeds[name], device)
+            except Exception as error:  # a diagnostic: keep the figures above whatever happens here
+                result["host_syncs"][name] = {"per_step": float("nan"), "sources": {"error": repr(error)}}
 
     if args.loading:
         with tempfile.TemporaryDirectory() as tmp:
@@ -467,6 +517,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_table(result))
     if device.type == "cpu":
         print(format_table(result, "_cpu_time"))
+    for name, syncs in result.get("host_syncs", {}).items():
+        print(f"host syncs per training step, {name}: {syncs['per_step']:.1f} {syncs['sources']}")
     if "loading" in result:
         print(format_loading(result["loading"]))
     if args.json:

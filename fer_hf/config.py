@@ -101,10 +101,15 @@ class DataArguments:
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
+# Where fer_hf's TrainingArguments defaults differ from transformers' (see make_parser).
+FER_HF_TRAINING_DEFAULTS = {"logging_nan_inf_filter": False}
 
 
 def make_parser() -> HfArgumentParser:
     parser = HfArgumentParser(ARGUMENT_CLASSES)
+    # transformers' default checks every step's loss for NaN/inf with a Python `if` on a device tensor: a host sync
+    # per step, which on a GPU stalls the queue of kernels the CPU has launched ahead. A NaN is then logged as NaN.
+    parser.set_defaults(**FER_HF_TRAINING_DEFAULTS)
     parser.add_argument("--config", default=None, help="YAML recipe (configs/*.yaml); command-line flags override it.")
     return parser
 

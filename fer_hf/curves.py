@@ -108,12 +108,7 @@ def plot_training_curves(run_dir: str | os.PathLike, output_dir: str | os.PathLi
                 color="tab:orange", marker="o", markersize=4)
     _mark_best(ax, curves, [100 * a for a in curves.eval_accuracy])
     ax.set(xlabel="step", ylabel="accuracy (%)", title="Training and validation accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    accuracy_path = out / ACCURACY_FIGURE
-    fig.savefig(accuracy_path, dpi=120)
-    plt.close(fig)
+    accuracy_path = _finish(fig, ax, out / ACCURACY_FIGURE)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if curves.train_loss:
@@ -123,10 +118,13 @@ def plot_training_curves(run_dir: str | os.PathLike, output_dir: str | os.PathLi
                 markersize=4)
     _mark_best(ax, curves, curves.eval_loss)
     ax.set(xlabel="step", ylabel="cross-entropy loss", title="Validation loss (training loss faint)")
+    return [accuracy_path, _finish(fig, ax, out / LOSS_FIGURE)]
+
+
+def _finish(fig, ax, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    loss_path = out / LOSS_FIGURE
-    fig.savefig(loss_path, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return [accuracy_path, loss_path]
+    return path

@@ -17,6 +17,7 @@ import torch
 import transformers
 from transformers import set_seed
 
+from fer_hf.checkpoints import checkpoints, resolve_resume_checkpoint
 from fer_hf.config import parse_args, save_arguments
 from fer_hf.curves import plot_training_curves
 from fer_hf.data import load_fer2013
@@ -44,6 +45,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     set_seed(training_args.seed)
+    # Before any data or model is loaded: a bad --resume_from_checkpoint fails at once.
+    resume_from = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    if resume_from:
+        logger.info("Resuming from %s", resume_from)
+    elif checkpoints(training_args.output_dir):
+        logger.warning("%s already holds checkpoints of an earlier run; this run starts afresh beside them. To "
+                       "continue that run instead, pass --resume_from_checkpoint last.", training_args.output_dir)
     if training_args.push_to_hub:
         check_push_access(training_args.hub_model_id or Path(training_args.output_dir).name, training_args.hub_token)
     # `with_transform` hands Trainer an `image` column the model does not take; keep it for the transform.
@@ -52,6 +60,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         training_args.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
     elif training_args.dataloader_pin_memory:
         training_args.accelerator_config.non_blocking = True  # copy the next batch while the GPU computes
+    if training_args.device.type == "cuda" and not training_args.full_determinism:
+        torch.backends.cudnn.benchmark = True  # one input size all run long: let cuDNN time its kernels once
 
     # ---- data: FER-2013 (or synthetic) with train / validation / test
     dataset = load_fer2013(
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if trainer.is_world_process_zero():
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
         save_arguments(Path(training_args.output_dir) / "args.yaml", model_args, data_args, training_args)
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)

@@ -36,7 +36,9 @@ class FerTrainer(Trainer):
         if model.training and "labels" in inputs:
             labels = inputs["labels"]
             correct = (outputs.logits.detach().argmax(-1) == labels).sum()
-            hits = torch.stack([correct, torch.tensor(labels.numel(), device=labels.device)])
+            # new_full fills on the device; torch.tensor(n, device=...) would copy from the host and wait for the
+            # GPU to drain every step.
+            hits = torch.stack([correct, correct.new_full((), labels.numel())])
             self._train_hits = hits if self._train_hits is None else self._train_hits + hits
         return (loss, outputs) if return_outputs else loss
 

@@ -6,10 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fer_hf import data
 from fer_hf.data import decode_faces, load_fer2013
@@ -122,3 +124,31 @@ def test_throughput_benchmark_smoke(tmp_path):
     assert result["loading"]["first"]["rows"] == {"train": 512, "validation": 48, "test": 48}
     assert result["loading"]["cached"]["seconds"] >= 0
     assert "efficiency" in done.stdout and "(c) baseline" in done.stdout
+
+
+def test_sync_counter_counts_each_step_of_its_window_once(monkeypatch):
+    # CUDA's sync debug mode is faked: the device transform "syncs" once per step while the mode is "warn", as a
+    # `.item()` in the training step would; the counter must see exactly one per counted step.
+    import throughput
+
+    from fer_hf.modeling import build_model, image_processor_for
+
+    modes: list[str] = []
+    monkeypatch.setattr(throughput.torch.cuda, "set_sync_debug_mode", modes.append)
+    args = throughput.parse_args(["--smoke", "--device", "cpu"])
+    args.warmup, args.steps = 2, 9
+    dataset = load_fer2013("synthetic", synthetic_train_size=96, synthetic_eval_size=16)
+    model = build_model("resnet18", pretrained=False, image_size=32, crop_pct=1.0)
+    feed = throughput.fer_hf_feed(args, dataset, image_processor_for(model.config), torch.device("cpu"), "device")
+    transform = feed.device_transform
+
+    def syncing_transform(batch):
+        if modes and modes[-1] == "warn":
+            warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        return transform(batch)
+
+    feed.device_transform = syncing_transform
+    found = throughput.host_syncs(args, model, feed, torch.device("cpu"), steps=5)
+    assert modes == ["warn", "default"]
+    assert found["steps"] == 5 and found["per_step"] == 1.0
+    assert list(found["sources"].values()) == [5] and "test_benchmarks.py" in next(iter(found["sources"]))

@@ -53,6 +53,14 @@ def test_command_line_overrides_recipe_and_accepts_equals_form():
     assert args.per_device_train_batch_size == 128  # untouched keys keep the recipe's value
 
 
+def test_no_per_step_nan_check_unless_asked():
+    # transformers' NaN/inf filter syncs the host with the GPU every step; fer_hf turns it off by default.
+    assert parse_args([])[2].logging_nan_inf_filter is False
+    assert parse_args(["--logging_nan_inf_filter", "true"])[2].logging_nan_inf_filter is True
+    recipe = str(CONFIG_DIR / "quickstart.yaml")
+    assert parse_args(["--config", recipe, "--logging_nan_inf_filter=true"])[2].logging_nan_inf_filter is True
+
+
 def test_unknown_recipe_key_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 0.001\nlearnin_rate: 0.1\n")

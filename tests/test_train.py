@@ -85,3 +85,77 @@ def test_two_process_cpu_ddp_evaluates_every_image_once(tmp_path):
     assert sorted(p.name for p in output_dir.glob("*_results.json")) == [
         "all_results.json", "eval_results.json", "test_results.json", "train_results.json"]
     assert (done.stdout + done.stderr).count("***** test metrics *****") == 1  # only the main process reports
+
+
+def test_resuming_after_a_crash_continues_the_same_run(tmp_path, trained_run, monkeypatch, caplog):
+    """Killed right after the first epoch's checkpoint, then again while writing another one: `--resume_from_checkpoint
+    last` skips the half-written folder and finishes the run as if it had never stopped."""
+    import logging
+
+    from transformers import TrainerCallback
+
+    import fer_hf.train as train
+
+    class KilledAfterFirstSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise KeyboardInterrupt
+
+    class CrashingTrainer(train.FerTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(KilledAfterFirstSave())
+
+    out = tmp_path / "run"
+    argv = [*TINY_TRAIN_ARGS, "--output_dir", str(out)]
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "FerTrainer", CrashingTrainer)
+        with pytest.raises(KeyboardInterrupt):
+            train.main(argv)
+    first = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert len(first) == 1 and not (out / "all_results.json").exists()
+    half_written = out / "checkpoint-100000"  # as a run killed mid-save leaves it: no trainer_state.json
+    half_written.mkdir()
+    (half_written / "config.json").write_text("{}")
+
+    with caplog.at_level(logging.WARNING, logger="fer_hf"):
+        results = train.main([*argv, "--resume_from_checkpoint", "last"])
+    assert "checkpoint-100000 has no trainer_state.json" in caplog.text
+
+    # Same seed, same data order, the RNG state restored from the checkpoint: the same run as the uninterrupted one.
+    # (The Trainer's `train_loss` averages only the steps this process ran, so it is not compared.)
+    reference = json.loads((trained_run / "all_results.json").read_text())
+    for key in ("eval_accuracy", "eval_loss", "test_accuracy", "test_loss"):
+        assert results[key] == pytest.approx(reference[key], rel=1e-4, abs=1e-6), key
+
+    def history(run):
+        rows = json.loads((run / "trainer_state.json").read_text())["log_history"]
+        return {(row["step"], key): row[key] for row in rows for key in ("loss", "train_accuracy", "eval_loss")
+                if key in row}
+
+    resumed, uninterrupted = history(out), history(trained_run)
+    assert resumed.keys() == uninterrupted.keys()  # every logging window, the ones before the crash included
+    # The training window that spans the crash averages only its steps after the checkpoint in the resumed run.
+    crash_step = int(first[0].split("-")[1])
+    spanning = min(step for step, key in resumed if key == "loss" and step > crash_step)
+    for key in ("loss", "train_accuracy"):
+        del resumed[spanning, key], uninterrupted[spanning, key]
+    assert resumed == pytest.approx(uninterrupted, rel=1e-4, abs=1e-6)
+
+
+def test_resume_from_checkpoint_names_what_is_wrong(tmp_path):
+    from fer_hf.checkpoints import CheckpointError, resolve_resume_checkpoint
+
+    run = tmp_path / "run"
+    assert resolve_resume_checkpoint(None, run) is None and resolve_resume_checkpoint("false", run) is None
+    with pytest.raises(CheckpointError, match=r"last: no complete checkpoint-\* folder in .*run\. Drop the flag"):
+        main([*TINY_TRAIN_ARGS, "--output_dir", str(run), "--resume_from_checkpoint", "last"])
+    for step, complete in ((10, True), (20, True), (30, False)):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        if complete:
+            (run / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert resolve_resume_checkpoint("TRUE", run) == str(run / "checkpoint-20")
+    assert resolve_resume_checkpoint(str(run / "checkpoint-10"), run) == str(run / "checkpoint-10")
+    with pytest.raises(CheckpointError, match="not a complete Trainer checkpoint.*checkpoint-20, checkpoint-10"):
+        resolve_resume_checkpoint(str(run / "checkpoint-30"), run)
+    with pytest.raises(CheckpointError, match="checkpoint-99: no such folder"):
+        resolve_resume_checkpoint(str(run / "checkpoint-99"), run)
