@@ -32,9 +32,9 @@ class FerTrainer(Trainer):
         self._train_hits: torch.Tensor | None = None  # [correct, seen], kept on the device: no sync per step
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")  # taken first: with label smoothing the Trainer pops it from `inputs`
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if model.training and "labels" in inputs:
-            labels = inputs["labels"]
+        if model.training and labels is not None:
             correct = (outputs.logits.detach().argmax(-1) == labels).sum()
             # new_full fills on the device; torch.tensor(n, device=...) would copy from the host and wait for the
             # GPU to drain every step.

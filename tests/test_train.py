@@ -159,3 +159,23 @@ def test_resume_from_checkpoint_names_what_is_wrong(tmp_path):
         resolve_resume_checkpoint(str(run / "checkpoint-30"), run)
     with pytest.raises(CheckpointError, match="checkpoint-99: no such folder"):
         resolve_resume_checkpoint(str(run / "checkpoint-99"), run)
+
+
+def test_training_accuracy_is_counted_with_label_smoothing(tmp_path):
+    # With label smoothing the Trainer pops `labels` from the inputs before the forward pass.
+    import torch
+    from transformers import TrainingArguments
+
+    from fer_hf.modeling import build_model
+    from fer_hf.trainer import FerTrainer
+
+    model = build_model("resnet18", pretrained=False, image_size=32, crop_pct=1.0).train()
+    args = TrainingArguments(output_dir=str(tmp_path), label_smoothing_factor=0.1, use_cpu=True, report_to="none")
+    trainer = FerTrainer(model=model, args=args)
+    pixels, labels = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 4, 5])
+    smoothed = trainer.compute_loss(model, {"pixel_values": pixels, "labels": labels})
+    with torch.no_grad():  # training mode: batch statistics, so the same logits as inside compute_loss
+        logits = model(pixel_values=pixels).logits
+    assert trainer._train_hits.tolist() == [int((logits.argmax(-1) == labels).sum()), 6]
+    plain = torch.nn.functional.cross_entropy(logits, labels)
+    assert not torch.isclose(smoothed.detach(), plain)  # the smoothed loss was the one computed
