@@ -296,3 +296,22 @@ def test_train_entry_point_on_the_device_path(tmp_path):
     assert (tmp_path / "args.yaml").read_text().count("augment_on: device") == 1
     report = json.loads((tmp_path / "confusion_matrix_test.json").read_text())
     assert sum(map(sum, report["matrix"])) == 64  # every test image once
+
+
+@pytest.mark.slow
+def test_train_entry_point_with_torch_compile(tmp_path):
+    """The opt-in `--torch_compile true` on the device path and channels_last: the compiled model trains, evaluates
+    and saves weights that load back without torch.compile's `_orig_mod.` prefixes."""
+    from transformers import AutoModelForImageClassification
+
+    from conftest import TINY_TRAIN_ARGS
+    from fer_hf.train import main
+
+    results = main([*TINY_TRAIN_ARGS, "--synthetic_train_size", "64", "--synthetic_eval_size", "32",
+                    "--image_size", "32", "--num_train_epochs", "1", "--augment_on", "device",
+                    "--channels_last", "true", "--torch_compile", "true", "--output_dir", str(tmp_path)])
+    assert 0 <= results["test_accuracy"] <= 1
+    report = json.loads((tmp_path / "confusion_matrix_test.json").read_text())
+    assert sum(map(sum, report["matrix"])) == 32  # every test image once
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path)
+    assert not any("_orig_mod" in name for name, _ in reloaded.named_parameters())
