@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -208,7 +209,12 @@ class SyncCounter(TrainerCallback):
             self.records = self._catcher.__enter__()
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
-        elif state.global_step == self.warmup + self.count and self._catcher is not None:
+        elif state.global_step == self.warmup + self.count:
+            self.stop()
+
+    def stop(self) -> None:
+        """End the window (also when the run fails inside it): sync debug mode and warning filters as they were."""
+        if self._catcher is not None:
             torch.cuda.set_sync_debug_mode("default")
             self._catcher.__exit__(None, None, None)
             self._catcher = None
@@ -219,13 +225,13 @@ def host_syncs(args, model, feed: Feed, device: torch.device, steps: int = 5) ->
     steps = min(steps, args.steps - 1)  # the run's last step ends with syncs of its own (the final loss)
     counter = SyncCounter(args.warmup, steps)
     with tempfile.TemporaryDirectory() as tmp:
-        make_trainer(args, tmp, model, feed, device, [counter]).train()
+        try:
+            make_trainer(args, tmp, model, feed, device, [counter]).train()
+        finally:
+            counter.stop()
     records = [r for r in counter.records or [] if "synchroniz" in str(r.message)]
-    sources: dict[str, int] = {}
-    for record in records:
-        where = f"{Path(record.filename).name}:{record.lineno}"
-        sources[where] = sources.get(where, 0) + 1
-    return {"steps": steps, "per_step": len(records) / steps, "sources": sources}
+    sources = Counter(f"{Path(r.filename).name}:{r.lineno}" for r in records)
+    return {"steps": steps, "per_step": len(records) / steps, "sources": dict(sources)}
 
 
 def trainer_throughput(args, model, feed: Feed, device: torch.device, evaluate: bool) -> Timing:
