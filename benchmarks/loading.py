@@ -36,7 +36,7 @@ def peak_mb():
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-from fer_hf.data import decode_faces, load_fer2013
+from fer_hf.data.load import decode_faces, load_fer2013
 imports_mb = peak_mb()
 start = time.perf_counter()
 dataset = load_fer2013(sys.argv[1], cache_dir=sys.argv[2])

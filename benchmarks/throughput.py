@@ -46,11 +46,12 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loading import archive_path, format_loading, measure_loading, write_csv  # noqa: E402
 
-from fer_hf.data import decode_faces, load_fer2013  # noqa: E402
+from fer_hf.data.load import decode_faces, load_fer2013  # noqa: E402
+from fer_hf.data.pipeline import build_pipeline, resolve_augment_on  # noqa: E402
+from fer_hf.data.transforms import AugmentationConfig, image_mode  # noqa: E402
 from fer_hf.labels import USAGE_TO_SPLIT  # noqa: E402
 from fer_hf.modeling import build_model, image_processor_for  # noqa: E402
 from fer_hf.trainer import FerTrainer  # noqa: E402
-from fer_hf.transforms import AugmentationConfig, build_pipeline, image_mode, resolve_augment_on  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

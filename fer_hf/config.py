@@ -12,13 +12,22 @@ import enum
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from fer_hf.labels import SPLITS
-from fer_hf.transforms import AUGMENT_ON
+
+# Where images are cropped, flipped, resized and normalised; see DataArguments.augment_on.
+AugmentOn = Literal["auto", "device", "cpu", "per_sample"]
+AUGMENT_ON: tuple[str, ...] = get_args(AugmentOn)
+# How the cross-entropy weights the classes; see DataArguments.class_weighting.
+ClassWeighting = Literal["none", "inverse_sqrt", "inverse"]
+CLASS_WEIGHTING: tuple[str, ...] = get_args(ClassWeighting)
+# What random erasing fills its box with (timm's RandomErasing modes); see DataArguments.remode.
+RandomErasingMode = Literal["pixel", "rand", "const"]
+RANDOM_ERASING_MODES: tuple[str, ...] = get_args(RandomErasingMode)
 
 
 @dataclass
@@ -36,10 +45,35 @@ class ModelArguments:
         metadata={"help": "3: grayscale duplicated to RGB (the paper). 1: grayscale input, first conv adapted."},
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
+    # ---- fine-tuning ingredients beyond the paper, each off by default (fer_hf.ingredients, fer_hf.trainer)
+    layer_decay: float | None = field(
+        default=None,
+        metadata={"help": "Layer-wise learning-rate decay (timm's param_groups_layer_decay, e.g. 0.75): the head "
+                  "trains at --learning_rate, each block group below it at this factor times the one above; weight "
+                  "decay then skips 1-d parameters (biases, norms), as in timm. Unset: one learning rate."},
+    )
+    model_ema: bool = field(
+        default=False,
+        metadata={"help": "Keep an exponential moving average of the weights (timm's ModelEmaV3), updated after each "
+                  "optimizer step. The EMA weights are what is evaluated during training, chosen as the best "
+                  "checkpoint, saved and tested; checkpoints keep the raw weights beside them to resume."},
+    )
+    model_ema_decay: float = field(
+        default=0.999, metadata={"help": "EMA decay per optimizer step (0.999 averages over about 1000 steps)."}
+    )
+    model_ema_warmup: bool = field(
+        default=False,
+        metadata={"help": "Ramp the EMA decay up from 0 (timm's warmup: 1 - (1 + step) ** -2/3, capped at "
+                  "--model_ema_decay), so early weights are forgotten fast."},
+    )
 
     def __post_init__(self):
         if self.in_chans not in (1, 3):
             raise ValueError(f"--in_chans must be 1 or 3, got {self.in_chans}.")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError(f"--layer_decay must be in (0, 1] (unset: one learning rate), got {self.layer_decay}.")
+        if not 0 <= self.model_ema_decay < 1:
+            raise ValueError(f"--model_ema_decay must be in [0, 1), got {self.model_ema_decay}.")
 
 
 @dataclass
@@ -60,7 +94,7 @@ class DataArguments:
         default=0.08, metadata={"help": "Smallest area fraction RandomResizedCrop samples (torchvision: 0.08)."}
     )
     hflip: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip in training."})
-    augment_on: str = field(
+    augment_on: AugmentOn = field(
         default="auto",
         metadata={"help": "Where faces are cropped, flipped, resized and normalised: `device` (whole uint8 batches on "
                   "the training device), `cpu` (whole batches in the DataLoader), `per_sample` (timm's PIL transforms "
@@ -86,18 +120,64 @@ class DataArguments:
     )
     synthetic_train_size: int = field(default=3000, metadata={"help": "`synthetic`: training images drawn."})
     synthetic_eval_size: int = field(default=600, metadata={"help": "`synthetic`: validation and test images each."})
+    # ---- training ingredients beyond the paper, each off by default (fer_hf.ingredients, fer_hf.data.pipeline)
+    mixup_alpha: float = field(
+        default=0.0,
+        metadata={"help": "Mixup of training batches with lambda ~ Beta(alpha, alpha) (timm's Mixup; timm recipes use "
+                  "0.8); the loss becomes timm's SoftTargetCrossEntropy and --label_smoothing_factor smooths the "
+                  "mixed targets. 0: off."},
+    )
+    cutmix_alpha: float = field(
+        default=0.0,
+        metadata={"help": "CutMix of training batches with lambda ~ Beta(alpha, alpha) (timm's Mixup; timm recipes "
+                  "use 1.0). 0: off."},
+    )
+    mixup_prob: float = field(
+        default=1.0, metadata={"help": "Probability that a training batch is mixed when mixup or cutmix is on."}
+    )
+    mixup_switch_prob: float = field(
+        default=0.5, metadata={"help": "Probability of CutMix instead of mixup for a batch when both are on."}
+    )
+    reprob: float = field(
+        default=0.0,
+        metadata={"help": "Random erasing: probability that a training image gets a random box erased after "
+                  "normalisation (timm's RandomErasing; timm recipes use 0.25). 0: off."},
+    )
+    remode: RandomErasingMode = field(
+        default="pixel",
+        metadata={"help": "Random erasing fill: `pixel` (per-pixel normal noise), `rand` (one normal colour per box) "
+                  "or `const` (zeros)."},
+    )
+    recount: int = field(default=1, metadata={"help": "Random erasing: up to this many boxes per erased image."})
+    class_weighting: ClassWeighting = field(
+        default="none",
+        metadata={"help": "Weight the cross-entropy by class: `none`, or `inverse_sqrt` / `inverse` frequency of the "
+                  "training split's labels, normalised to mean 1 (FER-2013's Disgust is 1.5%% of Training). Applies "
+                  "with label smoothing and mixup too, and to eval_loss."},
+    )
 
     def __post_init__(self):
         if self.eval_split not in SPLITS:
             raise ValueError(f"--eval_split must be one of {SPLITS}, got {self.eval_split!r}.")
+        if self.eval_split == "test":
+            raise ValueError(
+                "--eval_split test would choose the checkpoint on the split that is reported as test (PrivateTest); "
+                "choose it on `validation` (PublicTest), or on `train` for the overfit check."
+            )
         if not 0 < self.crop_scale_min <= 1:
             raise ValueError(f"--crop_scale_min must be in (0, 1], got {self.crop_scale_min}.")
         if not 0 <= self.hflip <= 1:
             raise ValueError(f"--hflip must be a probability in [0, 1], got {self.hflip}.")
-        if self.augment_on not in AUGMENT_ON:
-            raise ValueError(f"--augment_on must be one of {AUGMENT_ON}, got {self.augment_on!r}.")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}.")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0 (0 turns it off), got {getattr(self, name)}.")
+        for name in ("mixup_prob", "mixup_switch_prob", "reprob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name} must be a probability in [0, 1], got {getattr(self, name)}.")
+        if self.recount < 1:
+            raise ValueError(f"--recount must be >= 1, got {self.recount}.")
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)

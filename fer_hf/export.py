@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser
 
-from fer_hf.inference import ONNX_CONFIG_KEY, FerClassifier, load_classifier, view_logits
+from fer_hf import cli
+from fer_hf.inference.classifier import ONNX_CONFIG_KEY, FerClassifier, load_classifier, view_logits
 
 logger = logging.getLogger(__name__)
 
@@ -105,18 +105,15 @@ class ExportArguments:
 
 
 def main(argv: list[str] | None = None) -> float:
-    parser = HfArgumentParser(ExportArguments, prog="python -m fer_hf.export",
-                              description=__doc__.split("\n\n")[0])
+    parser = cli.make_parser("fer_hf.export", __doc__, ExportArguments)
     parser.add_argument("model_dir", help="A saved model folder (training output_dir or a checkpoint-*).")
-    args, extra = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    from fer_hf.data import load_fer2013
+    args, extra = cli.parse(parser, argv)
+    cli.setup_logging(fer_hf_level=logging.WARNING)
+    from fer_hf.data.load import load_fer2013
 
-    try:
+    with cli.exit_on_bad_input("fer_hf.export"):  # model folder or dataset: each message names the input and the fix
         path = export_onnx(extra.model_dir, args.onnx, args.opset)
         part = load_fer2013(args.dataset)[args.split]
-    except (OSError, ValueError) as err:  # model folder or dataset: each message names the input and the fix
-        raise SystemExit(f"fer_hf.export: {err}") from err
     faces = [example["image"] for example in part.select(range(min(args.num_images, len(part))))]
     torch_model = load_classifier(extra.model_dir, device="cpu")
     onnx_model = load_classifier(onnx_path=path)

@@ -1,4 +1,5 @@
-"""The FER-2013 label set and split names: the one place where they are defined."""
+"""The FER-2013 facts every module shares, defined once: label names, split names and how to display them, the image
+size, and the image file suffixes the tools read."""
 
 from datasets import ClassLabel, Features, Image
 
@@ -9,8 +10,20 @@ NUM_LABELS = len(LABEL_NAMES)
 # fer2013.csv's Usage column -> our split names (the usual protocol: validate on PublicTest, report PrivateTest).
 USAGE_TO_SPLIT: dict[str, str] = {"Training": "train", "PublicTest": "validation", "PrivateTest": "test"}
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
+SPLIT_TO_USAGE: dict[str, str] = {split: usage for usage, split in USAGE_TO_SPLIT.items()}
 
 IMAGE_SIZE = 48  # FER-2013 faces are 48x48 grayscale
+
+# Image files the folder loader and `predict` collect; anything else in a folder (.txt, .json, .DS_Store, videos) is
+# skipped, not an error.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm",
+                            ".pnm", ".jfif", ".avif", ".heic", ".heif"})
+
+
+def split_display_name(split: str) -> str:
+    """`test` -> `test (PrivateTest)`: our split name with fer2013.csv's Usage beside it."""
+    usage = SPLIT_TO_USAGE.get(split)
+    return f"{split} ({usage})" if usage else split
 
 
 def fer_features() -> Features:

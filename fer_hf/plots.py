@@ -11,9 +11,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
-from fer_hf.curves import plot_training_curves
+from fer_hf import cli
+from fer_hf.report.figures import plot_training_curves
 
 
 @dataclass
@@ -22,14 +21,11 @@ class PlotArguments:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = HfArgumentParser(PlotArguments, prog="python -m fer_hf.plots",
-                              description=__doc__.split("\n\n")[0])
+    parser = cli.make_parser("fer_hf.plots", __doc__, PlotArguments)
     parser.add_argument("run_dir", help="A training output_dir (holding trainer_state.json or checkpoint-*).")
-    args, extra = parser.parse_args_into_dataclasses(args=argv)
-    try:
+    args, extra = cli.parse(parser, argv)
+    with cli.exit_on_bad_input("fer_hf.plots", (FileNotFoundError,)):
         paths = plot_training_curves(extra.run_dir, args.output_dir)
-    except FileNotFoundError as err:
-        raise SystemExit(f"fer_hf.plots: {err}") from err
     if not paths:
         raise SystemExit(f"fer_hf.plots: {extra.run_dir}: the Trainer logged no steps yet; nothing to plot.")
     for path in paths:

@@ -18,19 +18,27 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-from transformers import HfArgumentParser
 
+from fer_hf import cli
 from fer_hf.hub import HubAccessError
-from fer_hf.model_card import CARD_NAME, GENERATED_MARKER, write_model_card
+from fer_hf.report.model_card import CARD_NAME, GENERATED_MARKER, write_model_card
+from fer_hf.run_dir import (
+    ALL_RESULTS,
+    ARGS_FILE,
+    CONFIG_FILE,
+    SPLIT_RESULTS,
+    TRAINER_STATE,
+    WEIGHTS_FILE,
+    confusion_file,
+)
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_FILES = ("config.json", "model.safetensors")
+REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 # What a model repository needs, and what its card shows or cites; nothing else from the run folder.
 UPLOAD_PATTERNS = (
-    "config.json", "model.safetensors", "preprocessor_config.json", CARD_NAME, "args.yaml",
-    "all_results.json", "train_results.json", "eval_results.json", "test_results.json", "trainer_state.json",
-    "confusion_matrix_*.json", "*.png",
+    CONFIG_FILE, WEIGHTS_FILE, "preprocessor_config.json", CARD_NAME, ARGS_FILE, ALL_RESULTS, *SPLIT_RESULTS,
+    TRAINER_STATE, confusion_file("*"), "*.png",
 )
 
 
@@ -136,11 +144,10 @@ class PushArguments:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = HfArgumentParser(PushArguments, prog="python -m fer_hf.push",
-                              description=__doc__.split("\n\n")[0])
+    parser = cli.make_parser("fer_hf.push", __doc__, PushArguments)
     parser.add_argument("run_dir", help="A training output_dir (model.safetensors, config.json, results, figures).")
-    args, extra = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    args, extra = cli.parse(parser, argv)
+    cli.setup_logging(fer_hf_level=logging.WARNING)
     try:
         if args.dry_run:
             prepare_card(extra.run_dir, args.repo_id)

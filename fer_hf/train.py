@@ -9,6 +9,7 @@ The validation split (PublicTest) picks the checkpoint; the test split (PrivateT
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -17,17 +18,18 @@ import torch
 import transformers
 from transformers import set_seed
 
-from fer_hf.checkpoints import checkpoints, resolve_resume_checkpoint
 from fer_hf.config import parse_args, save_arguments
-from fer_hf.curves import plot_training_curves
-from fer_hf.data import load_fer2013
+from fer_hf.data.load import load_fer2013
+from fer_hf.data.pipeline import build_pipeline
+from fer_hf.data.transforms import AugmentationConfig
 from fer_hf.hub import check_push_access
+from fer_hf.ingredients import build_mixup, class_weights
 from fer_hf.metrics import compute_metrics
-from fer_hf.model_card import write_model_card
 from fer_hf.modeling import build_model, image_processor_for
-from fer_hf.sweep_spec import agent_run_output_dir
+from fer_hf.report.figures import plot_training_curves
+from fer_hf.report.model_card import write_model_card
+from fer_hf.run_dir import ARGS_FILE, agent_run_output_dir, checkpoints, resolve_resume_checkpoint
 from fer_hf.trainer import FerTrainer, evaluate_split
-from fer_hf.transforms import AugmentationConfig, build_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     set_seed(training_args.seed)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and training_args.distributed_state.distributed_type == "NO":
+        # Several processes on CPU are not distributed for accelerate unless asked: each would train alone on its
+        # shard, unsynchronised, and evaluate only its share of each split.
+        raise SystemExit(f"fer_hf.train: started as {os.environ['WORLD_SIZE']} processes without a GPU; add "
+                         "`--use_cpu true` so they train as one run (gloo), or start one process.")
     # Before any data or model is loaded: a bad --resume_from_checkpoint fails at once.
     resume_from = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     if resume_from:
@@ -94,8 +101,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model = model.to(memory_format=torch.channels_last)
     # Per-image PIL transforms, or the same transforms on whole uint8 batches in the DataLoader or on the device.
     pipeline = build_pipeline(dataset, processor, augmentation, augment_on=data_args.augment_on,
-                              device=training_args.device, channels_last=data_args.channels_last)
+                              device=training_args.device, channels_last=data_args.channels_last,
+                              reprob=data_args.reprob, remode=data_args.remode, recount=data_args.recount)
     evaluation = pipeline.evaluation
+
+    # ---- ingredients beyond the paper, each off unless asked for (random erasing is in the pipeline above)
+    mixup = build_mixup(mixup_alpha=data_args.mixup_alpha, cutmix_alpha=data_args.cutmix_alpha,
+                        prob=data_args.mixup_prob, switch_prob=data_args.mixup_switch_prob,
+                        label_smoothing=training_args.label_smoothing_factor, num_classes=len(label_names))
+    weights = class_weights(dataset["train"].with_format("numpy")["label"], label_names, data_args.class_weighting)
+    if weights is not None:
+        logger.info("Class weights (%s): %s", data_args.class_weighting,
+                    dict(zip(label_names, [round(w, 3) for w in weights.tolist()], strict=True)))
 
     # ---- train; the best epoch on `eval_split` is restored at the end (load_best_model_at_end)
     trainer = FerTrainer(
@@ -105,11 +122,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_dataset=evaluation[data_args.eval_split],
         data_collator=pipeline.collate,
         compute_metrics=compute_metrics,
+        mixup=mixup,
+        class_weights=weights,
+        layer_decay=model_args.layer_decay,
+        model_ema_decay=model_args.model_ema_decay if model_args.model_ema else None,
+        model_ema_warmup=model_args.model_ema_warmup,
     )
     trainer.device_transform = pipeline.device_transform
     if trainer.is_world_process_zero():
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-        save_arguments(Path(training_args.output_dir) / "args.yaml", model_args, data_args, training_args)
+        save_arguments(Path(training_args.output_dir) / ARGS_FILE, model_args, data_args, training_args)
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)

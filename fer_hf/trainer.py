@@ -1,41 +1,92 @@
-"""Trainer with training accuracy in its logs, and the one-time evaluation of a split with its figures."""
+"""Trainer with training accuracy in its logs and the training ingredients of `fer_hf.ingredients`, and the one-time
+evaluation of a split with its figures.
+
+EMA of the weights (`model_ema_decay`): timm's `ModelEmaV3` is updated after every optimizer step. While training,
+the EMA weights are swapped into the model around each evaluation and each checkpoint save, so the metric that picks
+the best checkpoint is the EMA's and a checkpoint's `model.safetensors` holds the EMA weights (what
+`load_best_model_at_end` restores, what `from_pretrained` reads); the raw weights the optimizer works on are saved
+beside them as `training_weights.safetensors`, and resuming loads both back. After `train()` the model holds EMA
+weights (the best checkpoint's, or the last ones), so `save_model()` and `predict()` use them.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 from datasets import Dataset
-from transformers import Trainer
+from timm.data import Mixup
+from timm.utils import ModelEmaV3
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from fer_hf.figures import plot_confusion_matrix
+from fer_hf.ingredients import classification_loss, layer_decay_param_groups, mix_batch
 from fer_hf.metrics import classification_report
-from fer_hf.model_card import write_model_card
+from fer_hf.report.figures import save_split_report
+from fer_hf.report.model_card import write_model_card
+from fer_hf.run_dir import TRAINING_WEIGHTS_FILE
 
 logger = logging.getLogger(__name__)
 
 
 class FerTrainer(Trainer):
-    """`Trainer` that also logs `train_accuracy` over each logging window (the paper's Fig. 4 plots it)."""
+    """`Trainer` that also logs `train_accuracy` over each logging window (the paper's Fig. 4 plots it), with the
+    training ingredients of `fer_hf.ingredients`, each off unless given:
+
+    - `mixup`: timm's `Mixup`, applied to model-ready training batches; the loss is then against its soft targets;
+    - `class_weights`: per-class cross-entropy weights (with label smoothing too, and in eval_loss);
+    - `layer_decay`: layer-wise learning-rate decay of the optimizer built from `optim`, `learning_rate` and
+      `weight_decay`;
+    - `model_ema_decay`: an EMA of the weights that is evaluated, chosen and saved (see the module docstring).
+    """
 
     # Finishes each batch once it is on the training device: the batch pipeline moves uint8 faces and crop boxes, and
-    # this crops, resizes and normalises them there (`fer_hf.transforms.DataPipeline.device_transform`). None: batches
-    # arrive model-ready.
+    # this crops, resizes and normalises them there (`fer_hf.data.pipeline.DataPipeline.device_transform`). None:
+    # batches arrive model-ready.
     device_transform: Callable[[dict], dict] | None = None
 
-    def __init__(self, *args, **kwargs):
+    def __init__(
+        self, *args, mixup: Mixup | None = None, class_weights: torch.Tensor | None = None,
+        layer_decay: float | None = None, model_ema_decay: float | None = None, model_ema_warmup: bool = False,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self._train_hits: torch.Tensor | None = None  # [correct, seen], kept on the device: no sync per step
+        self.mixup = mixup
+        self.class_weights = class_weights
+        self.layer_decay = layer_decay
+        self.model_ema: ModelEmaV3 | None = None
+        if model_ema_decay is not None:
+            # A copy of the model as the Trainer placed it (on its device), before any distributed wrapping.
+            self.model_ema = ModelEmaV3(self.model, decay=model_ema_decay, use_warmup=model_ema_warmup)
+            self.add_callback(_UpdateEma(self.model_ema))
+
+    # ---- loss: mixup on training batches, class weights; otherwise the Trainer's own (label-smoothed) loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")  # taken first: with label smoothing the Trainer pops it from `inputs`
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if labels is None or (self.mixup is None and self.class_weights is None):
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            targets = labels
+        else:
+            inputs = {key: value for key, value in inputs.items() if key != "labels"}
+            targets = labels
+            if model.training and self.mixup is not None:
+                inputs["pixel_values"], targets = mix_batch(self.mixup, inputs["pixel_values"], labels)
+            outputs = model(**inputs)
+            loss = classification_loss(outputs.logits, targets, class_weights=self.class_weights,
+                                       label_smoothing=self.args.label_smoothing_factor)
         if model.training and labels is not None:
-            correct = (outputs.logits.detach().argmax(-1) == labels).sum()
+            # Against the dominant label of a mixed image (its soft target's argmax): the hard label where unmixed.
+            truth = targets.argmax(-1) if targets.is_floating_point() else labels
+            correct = (outputs.logits.detach().argmax(-1) == truth).sum()
             # new_full fills on the device; torch.tensor(n, device=...) would copy from the host and wait for the
             # GPU to drain every step.
             hits = torch.stack([correct, correct.new_full((), labels.numel())])
@@ -45,6 +96,75 @@ class FerTrainer(Trainer):
     def _prepare_inputs(self, inputs: dict) -> dict:
         inputs = super()._prepare_inputs(inputs)
         return inputs if self.device_transform is None else self.device_transform(inputs)
+
+    # ---- layer-wise learning-rate decay
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.layer_decay is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.accelerator.unwrap_model(self.model if model is None else model)
+        optimizer_cls, optimizer_kwargs = (self.optimizer_cls_and_kwargs
+                                           or self.get_optimizer_cls_and_kwargs(self.args, opt_model))
+        takes_groups = isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)
+        if not takes_groups or {"params", "model", "optimizer_dict"} & optimizer_kwargs.keys():
+            raise ValueError(f"--layer_decay needs an optimizer built from parameter groups; --optim "
+                             f"{self.args.optim} builds its own. Use e.g. adamw_torch, sgd or adafactor.")
+        groups = layer_decay_param_groups(opt_model, learning_rate=self.args.learning_rate,
+                                          weight_decay=self.args.weight_decay, layer_decay=self.layer_decay)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)  # each group's own lr overrides kwargs' lr
+        return self.optimizer
+
+    # ---- EMA of the weights: evaluated, checkpointed and resumed
+
+    @contextlib.contextmanager
+    def _ema_weights(self) -> Iterator[None]:
+        """While training with an EMA: the model holds the EMA weights inside, its raw weights again after."""
+        if self.model_ema is None or not self.is_in_train:
+            yield
+            return
+        raw = {key: value.detach().clone() for key, value in self.model.state_dict().items()}
+        self.model.load_state_dict(self.model_ema.module.state_dict())
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(raw)
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        # With load_best_model_at_end the best checkpoint's model.safetensors (EMA weights) is loaded already.
+        if self.model_ema is not None and not (self.args.load_best_model_at_end and self.state.best_model_checkpoint):
+            self.model.load_state_dict(self.model_ema.module.state_dict())
+        return output
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        with self._ema_weights():
+            return super().evaluate(*args, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        if self.model_ema is None:
+            return super()._save_checkpoint(model, trial)
+        # Written before the Trainer's files, so a checkpoint with trainer_state.json (complete) always has it.
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            folder.mkdir(parents=True, exist_ok=True)
+            raw = {key: value.detach().cpu().contiguous() for key, value in self.model.state_dict().items()}
+            safetensors.torch.save_file(raw, folder / TRAINING_WEIGHTS_FILE, metadata={"format": "pt"})
+        with self._ema_weights():
+            super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)  # model.safetensors: the EMA weights, if any
+        raw = Path(resume_from_checkpoint) / TRAINING_WEIGHTS_FILE
+        if self.model_ema is not None:
+            self.model_ema.set(self.model)
+            if not raw.is_file():
+                logger.warning("%s has no %s (trained without --model_ema): the EMA starts from its weights.",
+                               resume_from_checkpoint, TRAINING_WEIGHTS_FILE)
+        if raw.is_file():
+            self.model.load_state_dict(safetensors.torch.load_file(os.fspath(raw), device="cpu"))
+            if self.model_ema is None:
+                logger.warning("%s was trained with --model_ema; resuming without it continues its raw weights.",
+                               resume_from_checkpoint)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training-step logs carry "loss" and are emitted on every process together, so the reduce is safe here.
@@ -60,6 +180,16 @@ class FerTrainer(Trainer):
             write_model_card(self.args.output_dir, repo_id=self.hub_model_id)
 
 
+class _UpdateEma(TrainerCallback):
+    """Updates the EMA after every optimizer step (timm's decay schedule counts optimizer steps)."""
+
+    def __init__(self, model_ema: ModelEmaV3):
+        self.model_ema = model_ema
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.model_ema.update(model, step=state.global_step)
+
+
 def evaluate_split(
     trainer: Trainer, dataset: Dataset, prefix: str, split: str, label_names: Sequence[str]
 ) -> dict[str, float]:
@@ -71,11 +201,5 @@ def evaluate_split(
     if trainer.is_world_process_zero():
         logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
         report = classification_report(np.argmax(logits, axis=-1), output.label_ids, label_names)
-        out = Path(trainer.args.output_dir)
-        (out / f"confusion_matrix_{split}.json").write_text(
-            json.dumps({"split": split, "labels": list(label_names), "matrix": report["confusion_matrix"],
-                        "per_class": report["per_class"]}, indent=2)
-        )
-        title = f"FER-2013 {split} — accuracy {100 * report['accuracy']:.2f}% (n={len(output.label_ids)})"
-        plot_confusion_matrix(report["confusion_matrix"], label_names, title, out / f"confusion_matrix_{split}.png")
+        save_split_report(trainer.args.output_dir, split, report, label_names)
     return metrics

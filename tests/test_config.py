@@ -77,6 +77,13 @@ def test_bad_values_are_rejected():
         parse_args(["--no_such_flag", "1"])
 
 
+def test_checkpoint_is_never_chosen_on_the_test_split():
+    # `test` is PrivateTest, the split reported as test; choosing the checkpoint on it would leak into that number.
+    with pytest.raises(ValueError, match=r"--eval_split test.*PrivateTest.*`validation` \(PublicTest\)"):
+        parse_args(["--eval_split", "test"])
+    assert parse_args(["--eval_split", "train"])[1].eval_split == "train"  # the overfit check stays allowed
+
+
 def test_saved_arguments_round_trip(tmp_path):
     path = str(CONFIG_DIR / "quickstart.yaml")
     parsed = parse_args(["--config", path, "--learning_rate", "0.0123", "--output_dir", str(tmp_path)])

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_hf.data import FerDataError, load_fer2013
-from fer_hf.labels import LABEL_NAMES, SPLITS
+from conftest import require_fer2013, require_module
+from fer_hf.data import load
+from fer_hf.data.load import FerDataError, decode_faces, load_fer2013
+from fer_hf.labels import LABEL_NAMES, SPLITS, USAGE_TO_SPLIT
 
 USAGES = ["Training"] * 14 + ["PublicTest"] * 7 + ["PrivateTest"] * 7
 
@@ -78,6 +80,83 @@ def test_npz_file_and_folder(tmp_path):
         check_schema(dataset)
         assert np.array_equal(np.asarray(dataset["test"][0]["image"]), pixels[21])
 
+
+# ------------------------------------------------------------------------------------------------- the fast CSV reader
+# The plain Kaggle layout is parsed in bulk (`_read_csv_fast`); anything else, or any bad row, goes to the careful
+# row-by-row reader. Both must give the same dataset.
+
+
+def loaded(source, cache) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    dataset = load_fer2013(str(source), cache_dir=cache)
+    return {split: (decode_faces(part), np.asarray(part["label"])) for split, part in dataset.items()}
+
+
+def expected(pixels, labels) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    usages = np.array(USAGES)
+    return {split: (pixels[usages == usage], labels[usages == usage]) for usage, split in USAGE_TO_SPLIT.items()}
+
+
+def assert_same(got, want):
+    assert got.keys() == want.keys()
+    for split in want:
+        assert np.array_equal(got[split][0], want[split][0]), split
+        assert np.array_equal(got[split][1], want[split][1]), split
+
+
+def test_fast_csv_reader_reads_the_kaggle_layout(csv_file, tmp_path):
+    path, pixels, labels = csv_file
+    assert {0, 9, 10, 255} <= set(pixels.ravel().tolist())  # one, two and three digits, both ends of the range
+    fast = load._read_csv_fast(path)
+    assert all(np.array_equal(a, b) for a, b in zip(fast, (pixels, labels, np.array(USAGES)), strict=True))
+    # Blocks shorter than a line, and blocks that end mid-line, read the same.
+    for block_bytes in (1000, 20_000):
+        small = load._read_csv_fast(path, block_bytes=block_bytes)
+        assert all(np.array_equal(a, b) for a, b in zip(small, fast, strict=True))
+    assert_same(loaded(path, tmp_path / "cache"), expected(pixels, labels))
+
+
+def test_fast_and_careful_csv_readers_agree(csv_file, tmp_path, monkeypatch):
+    path = csv_file[0]
+    fast = loaded(path, tmp_path / "fast")
+    monkeypatch.setattr(load, "_read_csv_fast", lambda *args, **kwargs: None)
+    assert_same(loaded(path, tmp_path / "careful"), fast)
+
+
+@pytest.mark.parametrize("variant", ["crlf", "quoted", "spaced_header", "no_final_newline", "trailing_space"])
+def test_other_csv_layouts_go_to_the_careful_reader(csv_file, tmp_path, variant):
+    path, pixels, labels = csv_file
+    text = path.read_text()
+    lines = text.splitlines()
+    if variant == "crlf":
+        text = "\r\n".join(lines) + "\r\n"
+    elif variant == "quoted":
+        text = "\n".join([lines[0], *(f'{x.split(",")[0]},"{x.split(",")[1]}",{x.split(",")[2]}' for x in lines[1:])])
+    elif variant == "spaced_header":
+        text = text.replace("emotion,pixels,Usage", "emotion, pixels, Usage", 1)
+    elif variant == "no_final_newline":
+        text = text.rstrip("\n")
+    elif variant == "trailing_space":
+        text = text.replace(",Training\n", " ,Training\n")
+    path.write_text(text)
+    fast = load._read_csv_fast(path)
+    if variant in ("spaced_header", "no_final_newline"):
+        assert fast is not None  # still the plain layout
+    else:
+        assert fast is None
+    assert_same(loaded(path, tmp_path / "cache"), expected(pixels, labels))
+
+
+def test_fast_csv_reader_leaves_bad_rows_to_the_careful_reader(csv_file, tmp_path):
+    path = csv_file[0]
+    lines = path.read_text().splitlines()
+    label, pixels, usage = lines[3].split(",")
+    values = pixels.split(" ")
+    values[5] = "1000"
+    lines[3] = f"{label},{' '.join(values)},{usage}"
+    path.write_text("\n".join(lines) + "\n")
+    assert load._read_csv_fast(path) is None
+    with pytest.raises(FerDataError, match=r"line 4: pixels has a value outside 0-255"):
+        load_fer2013(str(path), cache_dir=tmp_path / "cache")
 
 def write_folder(root, layout):
     """layout: {relative_path: (face, ext)}; returns the faces by path."""
@@ -271,3 +350,13 @@ def test_real_archive_split_sizes_and_class_counts(fer2013):
     for split, expected in EXPECTED_COUNTS.items():
         assert np.bincount(fer2013[split]["label"], minlength=7).tolist() == expected
     check_schema(fer2013)
+
+
+def test_missing_archive_or_package_skips_locally_and_fails_in_ci(tmp_path, monkeypatch):
+    monkeypatch.setenv("FER2013_PATH", str(tmp_path / "nowhere"))
+    for ci, outcome in (("", pytest.skip.Exception), ("true", pytest.fail.Exception)):
+        monkeypatch.setenv("CI", ci)
+        with pytest.raises(outcome, match="real FER-2013 archive not found.*set FER2013_PATH"):
+            require_fer2013()
+        with pytest.raises(outcome, match="no_such_package is not importable.*pip install it"):
+            require_module("no_such_package", "pip install it")

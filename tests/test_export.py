@@ -7,12 +7,14 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="the onnx extra: pip install -e .[onnx]")
-pytest.importorskip("onnxscript", reason="the onnx extra: pip install -e .[onnx]")
+from conftest import require_module
+
+require_module("onnxruntime", "the onnx extra: pip install -e .[onnx]")
+require_module("onnxscript", "the onnx extra: pip install -e .[onnx]")
 
 from fer_hf import export  # noqa: E402
 from fer_hf import predict as fer_predict  # noqa: E402
-from fer_hf.inference import ONNX_CONFIG_KEY, load_classifier, view_logits  # noqa: E402
+from fer_hf.inference.classifier import ONNX_CONFIG_KEY, load_classifier, view_logits  # noqa: E402
 
 
 @pytest.fixture

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_hf.faces import HaarFaceDetector, ImageReadError, read_image
+from conftest import require_module
+from fer_hf.inference.faces import HaarFaceDetector
+from fer_hf.inference.images import ImageReadError, read_image
 from fer_hf.labels import LABEL_NAMES
 from fer_hf.predict import main
 
-skimage_data = pytest.importorskip("skimage.data", reason="sample photos: pip install -e .[dev]")
+skimage_data = require_module("skimage.data", "sample photos: pip install -e .[dev]")
 
 # Eileen Collins' face in scikit-image's astronaut.png (512x512), as x, y, w, h.
 ASTRONAUT_FACE = (177, 67, 93, 93)

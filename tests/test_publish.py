@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard
 
 from fer_hf import push
 from fer_hf.labels import LABEL_NAMES
-from fer_hf.model_card import GENERATED_MARKER
+from fer_hf.report.model_card import GENERATED_MARKER
 
 REPO_ID = "tester/fer2013-resnet18"
 
@@ -173,9 +173,9 @@ def test_card_of_a_one_channel_model_gives_a_snippet_that_works(tmp_path, monkey
     import numpy as np
     from PIL import Image
 
-    from fer_hf.inference import load_classifier, softmax
-    from fer_hf.model_card import write_model_card
+    from fer_hf.inference.classifier import load_classifier, softmax
     from fer_hf.modeling import build_model
+    from fer_hf.report.model_card import write_model_card
 
     model_dir = tmp_path / "gray"
     build_model("resnet18", pretrained=False, in_chans=1, image_size=48).save_pretrained(model_dir)

@@ -7,7 +7,6 @@ bookkeeping is tested in seconds; tests/test_sweep_run.py runs real trials.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,14 +14,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fer_hf import sweep, sweep_runner
 from fer_hf.config import argument_names, make_parser, parse_args, read_recipe
-from fer_hf.sweep_report import format_table, rank
-from fer_hf.sweep_runner import SweepFolder, TrialRecord
-from fer_hf.sweep_search import Observation, OptunaSearch, grid
-from fer_hf.sweep_spec import (
+from fer_hf.run_dir import agent_run_output_dir
+from fer_hf.sweep import runner
+from fer_hf.sweep.__main__ import main as sweep_main
+from fer_hf.sweep.report import format_table, rank
+from fer_hf.sweep.runner import SweepFolder, TrialRecord
+from fer_hf.sweep.search import Observation, OptunaSearch, grid
+from fer_hf.sweep.spec import (
     SweepConfigError,
-    agent_run_output_dir,
     base_recipe,
     build_command,
     local_metric,
@@ -38,7 +38,7 @@ PARSER = make_parser()
 
 
 def _spec(config: dict):
-    return spec_from_config(config, "test.yaml", PARSER)
+    return spec_from_config(config, "test.yaml")
 
 
 # ---- the sweep files ------------------------------------------------------------------------------------------
@@ -52,7 +52,7 @@ def test_the_three_paper_stages_are_there():
 def test_sweep_file_is_valid_wandb_syntax_and_every_parameter_is_a_train_argument(path):
     config = yaml.safe_load(path.read_text())
     assert wandb_violations(config) == []
-    spec = spec_from_config(config, str(path), PARSER)
+    spec = spec_from_config(config, str(path))
     assert set(spec.parameters) <= argument_names(PARSER)
     assert spec.metric == "eval/loss" and spec.goal == "minimize"  # the paper selects on validation loss
     assert spec.command[:4] == ["accelerate", "launch", "-m", "fer_hf.train"] and spec.command[-1] == "${args}"
@@ -62,7 +62,7 @@ def test_sweep_file_is_valid_wandb_syntax_and_every_parameter_is_a_train_argumen
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda path: path.name)
 def test_every_command_a_sweep_produces_parses_with_the_train_parser(path, monkeypatch):
     monkeypatch.chdir(REPO)  # the W&B agent runs from the repository root; the base recipe path is relative to it
-    spec = spec_from_config(yaml.safe_load(path.read_text()), str(path), PARSER)
+    spec = spec_from_config(yaml.safe_load(path.read_text()), str(path))
     combinations = grid(spec)  # grid: the runs; bayes: every point of its discrete space
     assert combinations
     for params in combinations:
@@ -74,7 +74,7 @@ def test_every_command_a_sweep_produces_parses_with_the_train_parser(path, monke
 
 
 def test_paper_stages_search_what_the_paper_searched():
-    specs = {path.stem: spec_from_config(yaml.safe_load(path.read_text()), str(path), PARSER) for path in SWEEP_FILES}
+    specs = {path.stem: spec_from_config(yaml.safe_load(path.read_text()), str(path)) for path in SWEEP_FILES}
     optimizers, bayes, stage3 = specs["optimizers"], specs["bayes"], specs["grid"]
     assert [p["optim"] for p in grid(optimizers)] == ["sgd", "adamw_torch", "adafactor"]
     assert optimizers.constants.items() >= {"learning_rate": 0.0005, "lr_scheduler_type": "constant",
@@ -254,26 +254,17 @@ def _with(**changes) -> dict:
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        (_with(param_learnign_rate={"value": 0.1}), "parameters.learnign_rate: not an argument of fer_hf.train "
-                                                    "(did you mean learning_rate"),
-        (_with(param_learning_rate={"values": ["1e-4"]}), "parameters.learning_rate.values[0]: --learning_rate takes "
-                                                          "a number, got '1e-4' (PyYAML"),
-        (_with(param_per_device_train_batch_size={"values": [32, 64.5]}), "values[1]: --per_device_train_batch_size "
-                                                                          "takes an integer"),
-        (_with(param_pretrained={"value": "yes"}), "--pretrained takes true or false"),
-        (_with(param_optim={"values": ["adamw", "sgd"]}), "parameters.optim.values[0]: --optim takes one of"),
-        (_with(method="random", param_lr_scheduler_type={"distribution": "uniform", "min": 0.0, "max": 1.0}),
-         "gives numbers"),
-        (_with(method="random", param_seed={"distribution": "uniform", "min": 0.0, "max": 9.0}),
-         "--seed takes an integer"),
-        (_with(param_image_size={"value": None}), "null cannot be passed"),
-        (_with(param_label_names={"value": ["labels", "x"]}), "argparse cannot read"),
+        # W&B's agent writes str(value): these would reach fer_hf.train as the strings 'None' and "['labels', 'x']".
+        (_with(param_hub_model_id={"value": None}), "parameters.hub_model_id: W&B passes None as `--hub_model_id"),
+        (_with(param_label_names={"value": ["labels", "x"]}), "use a scalar"),
         (_with(param_model={"parameters": {"depth": {"value": 18}}}), "nested parameters"),
         (_with(metric=None), "metric: required here"),
         (_with(metric={"name": "eval_loss"}), "W&B receives Trainer's eval_loss as eval/loss"),
         (_with(metric={"name": "eval/acuracy", "goal": "maximize"}), "did you mean eval/accuracy"),
         (_with(metric={"name": "test/accuracy", "goal": "maximize"}), "Use eval/accuracy (validation)"),
         (_with(method="bayesian"), "method: 'bayesian'"),
+        (_with(method="random", param_learning_rate={"min": "1e-4", "max": 0.1}),
+         "parameters.learning_rate.min: expected a number, got '1e-4' (PyYAML"),
         (_with(command=["python", "-m", "fer_hf.train"]), "must pass the parameters with ${args}"),
         (_with(command=["python", "other.py", "${args}"]), "must run the train entry point"),
         (_with(command=["python", "-m", "fer_hf.train", "${args_json}"]), "${args_json} is not a form"),
@@ -285,14 +276,6 @@ def test_bad_sweep_is_rejected_naming_the_key(config, message):
         _spec(config)
     assert message in str(error.value)
     assert "test.yaml" in str(error.value)
-
-
-def test_bad_sweep_fails_before_any_trial(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(_with(param_learnign_rate={"value": 0.1})))
-    with pytest.raises(SweepConfigError, match="learnign_rate"):
-        sweep.main([str(path), "--output_dir", str(tmp_path / "out")])
-    assert not (tmp_path / "out").exists()
 
 
 def test_train_parser_reads_wandb_flag_form_for_every_kind_of_argument():
@@ -307,24 +290,21 @@ def test_train_parser_reads_wandb_flag_form_for_every_kind_of_argument():
     assert training_args.label_names == ["labels"]
 
 
-def test_command_macros_expand_like_the_wandb_agent(tmp_path):
+def test_command_macros_expand_like_the_wandb_agent():
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-    macros = ["${env}", "${interpreter}", "${program}", "--config", "x.yaml", "${args}", "${args_no_hyphens}",
-              "${args_no_boolean_flags}", "${args_json}", "${args_json_file}", "${args_no_equals}",
-              "--home=${envvar:HOME_FOR_TEST}"]
-    assert wandb_violations(_with(command=macros)) == []
-    # fer_hf.train itself reads only ${args}; the other forms are expanded here to compare with W&B's agent.
-    spec = dataclasses.replace(_spec(_with(param_pretrained={"values": [True, False]})), command=macros)
+    every_macro = ["${env}", "${interpreter}", "${program}", "${args}", "${args_no_hyphens}",
+                   "${args_no_boolean_flags}", "${args_json}", "${args_json_file}", "${args_no_equals}",
+                   "--home=${envvar:HOME_FOR_TEST}"]
+    assert wandb_violations(_with(command=every_macro)) == []
+    # fer_hf.train reads only ${args} (spec_from_config refuses the other forms): the runner expands these.
+    command = ["${env}", "${interpreter}", "${program}", "--config", "x.yaml", "${args}",
+               "--home=${envvar:HOME_FOR_TEST}"]
+    spec = _spec(_with(param_pretrained={"values": [True, False]}, command=command))
     params = {"learning_rate": 0.001, "pretrained": False, "weight_decay": 0.0}
-    command = build_command(spec, params, args_json_file=tmp_path / "a.json", interpreter="PY",
-                            environ={"HOME_FOR_TEST": "/home/x"})
     wandb_vars = create_sweep_command_args({"args": {name: {"value": value} for name, value in params.items()}})
-    assert command == [
-        "/usr/bin/env", "PY", "fer_hf/train.py", "--config", "x.yaml", *wandb_vars["args"],
-        *wandb_vars["args_no_hyphens"], *wandb_vars["args_no_boolean_flags"], *wandb_vars["args_json"],
-        str(tmp_path / "a.json"), *wandb_vars["args_no_equals"], "--home=/home/x",
-    ]
+    assert build_command(spec, params, interpreter="PY", environ={"HOME_FOR_TEST": "/home/x"}) == [
+        "/usr/bin/env", "PY", "fer_hf/train.py", "--config", "x.yaml", *wandb_vars["args"], "--home=/home/x"]
     assert train_argv(_spec(TINY), params) == ["--learning_rate=0.001", "--pretrained=False", "--weight_decay=0.0"]
 
 
@@ -416,7 +396,7 @@ def fake_train(monkeypatch):
         launched.append(Path(trial_dir).name)
         return [sys.executable, "-c", FAKE_TRAIN, *wandb_args(params), *extra_args, "--output_dir", str(trial_dir)]
 
-    monkeypatch.setattr(sweep_runner, "trial_command", command)
+    monkeypatch.setattr(runner, "trial_command", command)
     return launched
 
 
@@ -430,7 +410,7 @@ def test_runner_records_failures_ranks_and_resumes(tmp_path, fake_train, capsys)
     sweep_file = _write(tmp_path, _with(param_learning_rate={"values": [0.001, 0.01, 0.5]},
                                         param_weight_decay={"values": [0.0, 0.1]}))
     out = tmp_path / "out"
-    ranked = sweep.main([sweep_file, "--output_dir", str(out), "--dataset", "synthetic"])
+    ranked = sweep_main([sweep_file, "--output_dir", str(out), "--dataset", "synthetic"])
     printed = capsys.readouterr().out
 
     # one line per trial; a crash is recorded with its log and the sweep goes on
@@ -460,52 +440,83 @@ def test_runner_records_failures_ranks_and_resumes(tmp_path, fake_train, capsys)
     SweepFolder(out).save(records)
     finished_log = (out / "trial-000" / "train.log").stat().st_mtime_ns
     fake_train.clear()
-    sweep.main([sweep_file, "--output_dir", str(out), "--dataset", "synthetic"])
+    sweep_main([sweep_file, "--output_dir", str(out), "--dataset", "synthetic"])
     assert fake_train == ["trial-001", "trial-005"]  # finished trials and recorded failures are not repeated
     assert (out / "trial-000" / "train.log").stat().st_mtime_ns == finished_log
     assert [r.status for r in SweepFolder(out).load().values()].count("finished") == 4
 
     fake_train.clear()
-    sweep.main([sweep_file, "--output_dir", str(out), "--dataset", "synthetic", "--retry_failed"])
+    sweep_main([sweep_file, "--output_dir", str(out), "--dataset", "synthetic", "--retry_failed"])
     assert fake_train == ["trial-004", "trial-005"]
 
     # the same folder with other extra arguments is another sweep
     with pytest.raises(SweepConfigError, match="extra_args changed"):
-        sweep.main([sweep_file, "--output_dir", str(out), "--dataset", "other"])
+        sweep_main([sweep_file, "--output_dir", str(out), "--dataset", "other"])
 
 
 def test_runner_random_search_respects_caps_and_seed(tmp_path, fake_train):
     sweep_file = _write(tmp_path, _with(method="random", run_cap=5,
                                         param_learning_rate={"distribution": "log_uniform_values", "min": 0.001,
                                                              "max": 0.1}))
-    first = sweep.main([sweep_file, "--output_dir", str(tmp_path / "a"), "--max_runs", "3"])
-    second = sweep.main([sweep_file, "--output_dir", str(tmp_path / "b"), "--max_runs", "3"])
+    first = sweep_main([sweep_file, "--output_dir", str(tmp_path / "a"), "--max_runs", "3"])
+    second = sweep_main([sweep_file, "--output_dir", str(tmp_path / "b"), "--max_runs", "3"])
     assert len(first) == 3 and sorted(r.params.items() for r in first) == sorted(r.params.items() for r in second)
-    more = sweep.main([sweep_file, "--output_dir", str(tmp_path / "a"), "--max_runs", "10"])  # run_cap 5 wins
+    more = sweep_main([sweep_file, "--output_dir", str(tmp_path / "a"), "--max_runs", "10"])  # run_cap 5 wins
     assert len(more) == 5 and fake_train.count("trial-000") == 2  # once per folder; resumed, not repeated
 
 
 def test_random_search_needs_a_cap(tmp_path, fake_train):
     sweep_file = _write(tmp_path, _with(method="random"))
     with pytest.raises(SweepConfigError, match="never ends by itself"):
-        sweep.main([sweep_file, "--output_dir", str(tmp_path / "out")])
+        sweep_main([sweep_file, "--output_dir", str(tmp_path / "out")])
 
 
 def test_extra_arguments_cannot_override_what_is_searched(tmp_path, fake_train):
     with pytest.raises(SweepConfigError, match="parameters.learning_rate: searched by the sweep"):
-        sweep.main([_write(tmp_path, TINY), "--output_dir", str(tmp_path / "out"), "--learning_rate=0.1"])
+        sweep_main([_write(tmp_path, TINY), "--output_dir", str(tmp_path / "out"), "--learning_rate=0.1"])
 
 
 def test_extra_arguments_must_parse_before_any_trial(tmp_path, fake_train):
     with pytest.raises(SweepConfigError, match="unrecognized arguments: --max_stepz"):
-        sweep.main([_write(tmp_path, TINY), "--output_dir", str(tmp_path / "out"), "--max_stepz", "2"])
+        sweep_main([_write(tmp_path, TINY), "--output_dir", str(tmp_path / "out"), "--max_stepz", "2"])
     assert fake_train == []
+
+
+# Whether a parameter is an argument of fer_hf.train, with a value it takes, is that entry point's own parser's call:
+# the runner parses the trials' arguments with it before the first trial starts (the dry run too).
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (_with(param_learnign_rate={"value": 0.1}), "unrecognized arguments: --learnign_rate=0.1"),
+        (_with(param_per_device_train_batch_size={"values": [32, 64.5]}), "invalid int value: '64.5'"),
+        (_with(param_pretrained={"value": "maybe"}), "--pretrained"),
+        (_with(param_optim={"values": ["adamw", "sgd"]}), "--optim: invalid choice: 'adamw'"),
+        (_with(param_in_chans={"value": 2}), "--in_chans must be 1 or 3"),  # an argument dataclass's __post_init__
+        # random and bayes: every listed value parses before the first trial, not only the first proposal's
+        (_with(method="random", run_cap=3, param_optim={"values": ["sgd", "adamw_torch", "adamw"]}),
+         "--optim: invalid choice: 'adamw'"),
+        # a distribution's numbers: the first proposal parses before the first trial, each later one before its own
+        (_with(method="random", run_cap=3,
+               param_lr_scheduler_type={"distribution": "uniform", "min": 0.0, "max": 1.0}),
+         "--lr-scheduler-type: invalid choice: '0."),
+        (_with(method="random", run_cap=3, param_seed={"distribution": "uniform", "min": 0.0, "max": 9.0}),
+         "--seed: invalid int value"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_what_the_train_parser_rejects_fails_before_any_trial(tmp_path, fake_train, config, message):
+    sweep_file, out = _write(tmp_path, config), tmp_path / "out"
+    for dry_run in ([], ["--dry_run"]):
+        with pytest.raises(SweepConfigError) as error:
+            sweep_main([sweep_file, "--output_dir", str(out), *dry_run])
+        assert message in str(error.value) and f"{sweep_file}:" in str(error.value)
+    assert fake_train == [] and not out.exists()
 
 
 def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     out = tmp_path / "out"
-    assert sweep.main(["sweeps/grid.yaml", "--dry_run", "--output_dir", str(out), "--max_runs", "3"]) == []
+    assert sweep_main(["sweeps/grid.yaml", "--dry_run", "--output_dir", str(out), "--max_runs", "3"]) == []
     commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("accelerate")]
     assert len(commands) == 3 and not out.exists()
     assert commands[0].startswith("accelerate launch -m fer_hf.train --config configs/paper_resnet18.yaml "
@@ -532,5 +543,5 @@ def test_ranking_and_table():
 def test_runner_stops_creating_trials_once_a_trial_reaches_the_target(tmp_path, fake_train):
     sweep_file = _write(tmp_path, _with(metric={"name": "eval/loss", "goal": "minimize", "target": 0.001},
                                         param_learning_rate={"values": [0.01, 0.001]}))
-    records = sweep.main([sweep_file, "--output_dir", str(tmp_path / "out")])
+    records = sweep_main([sweep_file, "--output_dir", str(tmp_path / "out")])
     assert [(r.name, r.value) for r in records] == [("trial-000", 0.0)]  # W&B: no new runs after the target

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from fer_hf import sweep
-from fer_hf.sweep_runner import SweepFolder, TrialRecord
-from fer_hf.sweep_spec import metric_value
+from fer_hf.sweep.__main__ import main as sweep_main
+from fer_hf.sweep.runner import SweepFolder, TrialRecord
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +39,7 @@ def test_local_runner_runs_a_grid_ranks_plots_and_resumes(tmp_path, capsys):
     argv = [str(sweep_file), "--output_dir", str(out), *TINY_TRIAL]
 
     # the first run stops after two trials; a third was running when it was killed
-    sweep.main([*argv, "--max_runs", "2"])
+    sweep_main([*argv, "--max_runs", "2"])
     folder = SweepFolder(out)
     records = folder.load()
     assert [r.status for r in records.values()] == ["finished", "finished"]
@@ -55,7 +50,7 @@ def test_local_runner_runs_a_grid_ranks_plots_and_resumes(tmp_path, capsys):
     kept = {name: (out / name / "train.log").stat().st_mtime_ns for name in ("trial-000", "trial-001")}
     capsys.readouterr()
 
-    ranked = sweep.main(argv)
+    ranked = sweep_main(argv)
     printed = capsys.readouterr().out
     assert {name: (out / name / "train.log").stat().st_mtime_ns for name in kept} == kept  # not run again
     assert not (out / "trial-002" / "partial.txt").exists()
@@ -78,65 +73,3 @@ def test_local_runner_runs_a_grid_ranks_plots_and_resumes(tmp_path, capsys):
     assert f"{ranked[0].value:.4f}" in rows[0]
     assert (out / "results.md").read_text().count("trial-") == 4
     assert (out / "results.png").stat().st_size > 10_000
-
-
-def _wandb_records(path: Path) -> list:
-    """Records of a `.wandb` file: a LevelDB-style log (7-byte header, 32 KiB blocks) of protobuf `Record`s.
-
-    wandb dropped its Python reader for these files (the Go core writes them), so the test reads the format itself.
-    """
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    block, header, position = 32768, 7, 7  # the file opens with b":W&B", a 2-byte magic and a 1-byte version
-    records, pending = [], b""
-    while position + header <= len(data):
-        if block - position % block < header:  # a block's tail too short for a header is padding
-            position += block - position % block
-            continue
-        _checksum, length, kind = struct.unpack("<IHB", data[position:position + header])
-        chunk = data[position + header:position + header + length]
-        position += header + length
-        pending = chunk if kind in (1, 2) else pending + chunk  # 1 full, 2 first, 3 middle, 4 last
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-    return records
-
-
-@pytest.mark.slow
-def test_wandb_offline_run_of_two_processes_is_one_run_with_the_sweep_metric(tmp_path):
-    # Two processes as a multi-GPU `accelerate launch` starts them (torch.distributed.run), on CPU with gloo.
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_PROJECT": "fer_hf-tests",
-           "OMP_NUM_THREADS": "1"}
-    env.pop("WANDB_SWEEP_ID", None)
-    output_dir = tmp_path / "run"
-    args = [*TINY_TRIAL, "--report_to=wandb", "--eval_strategy=steps", "--eval_steps=1", "--save_strategy=steps",
-            "--save_steps=1", "--save_total_limit=1", "--load_best_model_at_end=True", "--metric_for_best_model=loss",
-            "--logging_steps=1", "--per_device_train_batch_size=8", "--ddp_backend=gloo",
-            "--output_dir", str(output_dir)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "fer_hf.train", *args]
-    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    state = json.loads((output_dir / "trainer_state.json").read_text())
-    assert state["global_step"] == 2 and state["epoch"] == pytest.approx(2 * 8 * 2 / 48)  # 2 processes trained
-
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1  # only the main process logs: one W&B run
-    history: dict[str, list[float]] = {}
-    for record in _wandb_records(next(runs[0].glob("run-*.wandb"))):
-        if record.WhichOneof("record_type") == "history":
-            for item in record.history.item:
-                history.setdefault(item.key or "/".join(item.nested_key), []).append(json.loads(item.value_json))
-
-    # the key every sweep file optimizes is what the Trainer logs, and its last value (the run summary W&B's
-    # sweep reads) is the restored best checkpoint's: the value the local runner reads from all_results.json
-    for path in sorted((REPO / "sweeps").glob("*.yaml")):
-        assert yaml.safe_load(path.read_text())["metric"]["name"] in history, path.name
-    assert len(history["eval/loss"]) == 3  # after each of the 2 steps, then the final evaluation
-    assert history["eval/loss"][-1] == pytest.approx(min(history["eval/loss"][:-1]))
-    assert metric_value(output_dir, "eval/loss") == pytest.approx(history["eval/loss"][-1])
-    assert {"eval/accuracy", "test/accuracy", "train/loss", "train/learning_rate"} <= set(history)

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from fer_hf import synthetic
-from fer_hf.synthetic import make_faces
+from fer_hf.data import synthetic
+from fer_hf.data.synthetic import make_faces
 
 NUM_CLASSES = 7
 

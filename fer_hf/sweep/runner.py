@@ -2,7 +2,7 @@
 
     DIR/sweep.json          the sweep file, extra arguments and seed this folder belongs to
     DIR/results.jsonl       one line per trial: parameters, status (finished / failed / running), the metric
-    DIR/trial-000/          the trial's output_dir (all_results.json, trainer_state.json, args.yaml, ...)
+    DIR/trial-000/          the trial's output_dir (a `fer_hf.train` run folder, see `fer_hf.run_dir`)
     DIR/trial-000/train.log its stdout and stderr
     DIR/results.md, .png    the ranked table and the figure (written by `python -m fer_hf.sweep`)
 
@@ -24,20 +24,15 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fer_hf.sweep_search import Observation, OptunaSearch, grid
-from fer_hf.sweep_spec import (
-    SweepConfigError,
-    SweepSpec,
-    base_recipe,
-    build_command,
-    metric_value,
-    train_argv,
-)
+from fer_hf.config import parse_args
+from fer_hf.run_dir import checkpoints, read_results, read_trainer_state
+from fer_hf.sweep.search import Observation, Planner
+from fer_hf.sweep.spec import SweepConfigError, SweepSpec, base_recipe, build_command, local_metric, train_argv
 
 logger = logging.getLogger(__name__)
 
@@ -162,30 +157,48 @@ def trial_command(spec: SweepSpec, params: dict[str, Any], trial_dir: Path, extr
     """The sweep's command for `params`, then the extra arguments (for argparse the later flag wins)."""
     if "output_dir" in params:  # the sweep's folder for W&B runs; a local trial has its own
         params = {**params, "output_dir": str(trial_dir)}
-    command = build_command(spec, params, args_json_file=trial_dir / "sweep_args.json")
+    command = build_command(spec, params)
     tail = [] if "output_dir" in params else ["--output_dir", str(trial_dir)]
     return [*command, *extra_args, *tail]
 
 
-def check_trial_arguments(spec: SweepSpec, params: dict[str, Any], extra_args: Sequence[str]) -> None:
-    """Parse what `fer_hf.train` would receive, with its own parser; raise `SweepConfigError` with its message."""
-    from fer_hf.config import parse_args
-
-    argv = [*train_argv(spec, params), *extra_args, "--output_dir", "unused"]
+def check_trial_arguments(spec: SweepSpec, trials: Iterable[dict[str, Any]], extra_args: Sequence[str]) -> None:
+    """Parse what `fer_hf.train` would receive for each trial's parameters with its own parser, the one check of the
+    sweep's parameters and values; raise `SweepConfigError`, naming the sweep file, with the parser's message."""
     recipe = base_recipe(spec)
     if recipe and not Path(recipe).is_file():
         raise SweepConfigError(spec.source, [
             f"command: --config {recipe} does not exist relative to {Path.cwd()}; run the sweep from the repository "
             f"root, where the W&B agent runs it too"])
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr):
-            parse_args(argv)
-    except SystemExit as error:  # argparse reports and exits; keep its message
-        message = stderr.getvalue().strip().splitlines()[-1:] or ["argument error"]
-        raise SweepConfigError(spec.source, [f"fer_hf.train rejects `{shlex.join(argv)}`: {message[0]}"]) from error
-    except (ValueError, FileNotFoundError) as error:
-        raise SweepConfigError(spec.source, [f"fer_hf.train rejects `{shlex.join(argv)}`: {error}"]) from error
+    for params in trials:
+        argv = [*train_argv(spec, params), *extra_args, "--output_dir", "unused"]
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr):
+                parse_args(argv)
+        except (SystemExit, ValueError, FileNotFoundError) as error:  # argparse prints its message, then exits
+            printed = stderr.getvalue().strip().splitlines()
+            message = printed[-1].split("error: ", 1)[-1] if printed else str(error)
+            raise SweepConfigError(spec.source, [f"fer_hf.train rejects `{shlex.join(argv)}`: {message} (see "
+                                                 f"`python -m fer_hf.train --help`)"]) from error
+
+
+def _every_value(spec: SweepSpec, first: dict[str, Any]) -> list[dict[str, Any]]:
+    """`first`, then `first` with each other listed value of a parameter in turn: every `values` entry a trial may
+    get, whatever the method and --max_runs (a random or bayes trial's sampled number is parsed when proposed)."""
+    return [first] + [{**first, name: value} for name, parameter in spec.parameters.items()
+                      for value in parameter.spec.get("values", []) if value != first[name]]
+
+
+def metric_value(run_dir: str | os.PathLike, name: str) -> float | None:
+    """The value W&B's run summary would hold for `name`, read from a finished run's output_dir (None if absent)."""
+    source, key = local_metric(name)
+    if source == "results":
+        value = read_results(run_dir).get(key)
+    else:
+        history = read_trainer_state(run_dir).get("log_history", [])
+        value = next((entry[key] for entry in reversed(history) if key in entry), None)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit|Interrupt)\b")
@@ -254,14 +267,12 @@ def run_trial(spec: SweepSpec, folder: SweepFolder, record: TrialRecord, extra_a
             record.error = f"{spec.metric} is NaN (the run diverged)"
         else:
             record.value = value
-        results = trial_dir / "all_results.json"
-        if results.is_file():
-            summary = json.loads(results.read_text())
-            record.metrics = {key: summary[key] for key in EXTRA_METRICS if key in summary}
+        summary = read_results(trial_dir)
+        record.metrics = {key: summary[key] for key in EXTRA_METRICS if key in summary}
         if not keep_checkpoints:
             # The chosen model is saved in the trial folder itself; checkpoints only serve to resume a trial, which
             # the runner never does, and would take ~100 MB a trial (13 GB for the 130 bayes runs at ResNet-18).
-            for checkpoint in trial_dir.glob("checkpoint-*"):
+            for checkpoint in checkpoints(trial_dir):
                 shutil.rmtree(checkpoint, ignore_errors=True)
     else:
         record.status = "failed"
@@ -275,37 +286,24 @@ def observations(records: dict[int, TrialRecord], before: int) -> list[Observati
             for index, r in sorted(records.items()) if index < before and r.status in ("finished", "failed")]
 
 
-class Planner:
-    """The parameters of trial `index`: the grid's entry, or a fresh Optuna proposal."""
-
-    def __init__(self, spec: SweepSpec, sweep_seed: int):
-        self.spec = spec
-        self.grid = grid(spec) if spec.method == "grid" else None
-        self.search = None if self.grid is not None else OptunaSearch(spec, sweep_seed)
-
-    @property
-    def grid_size(self) -> int | None:
-        return None if self.grid is None else len(self.grid)
-
-    def params(self, index: int, records: dict[int, TrialRecord]) -> dict[str, Any]:
-        if self.grid is not None:
-            return self.grid[index]
-        return self.search.propose(index, observations(records, index))
+def _plan(spec: SweepSpec, extra_args: Sequence[str], max_runs: int | None, sweep_seed: int) -> tuple[Planner, int]:
+    """The planner and the number of trials, once every argument the first trials get has parsed."""
+    check_extra_args(spec, extra_args)
+    planner = Planner(spec, sweep_seed)
+    cap = effective_cap(spec, max_runs, planner.grid_size)
+    # Every listed value parses before the first trial starts, and so does every command of a grid (known ahead).
+    trials = [*(planner.grid or [])[:cap], *_every_value(spec, planner.params(0))]
+    check_trial_arguments(spec, {json.dumps(params, sort_keys=True): params for params in trials}.values(), extra_args)
+    return planner, cap
 
 
 def planned_commands(spec: SweepSpec, output_dir: str | os.PathLike, extra_args: Sequence[str], *,
                      max_runs: int | None = None, sweep_seed: int = 0) -> list[list[str]]:
     """The commands a run would launch, without running anything (bayes: as proposed before any result)."""
-    check_extra_args(spec, extra_args)
-    planner = Planner(spec, sweep_seed)
-    cap = effective_cap(spec, max_runs, planner.grid_size)
-    check_trial_arguments(spec, planner.params(0, {}), extra_args)
+    planner, cap = _plan(spec, extra_args, max_runs, sweep_seed)
     folder = SweepFolder(output_dir)
-    commands = []
-    for index in range(cap):
-        params = planner.params(index, {})
-        commands.append(trial_command(spec, params, folder.trial_dir(TrialRecord(index, params)), extra_args))
-    return commands
+    records = [TrialRecord(index, planner.params(index)) for index in range(cap)]
+    return [trial_command(spec, record.params, folder.trial_dir(record), extra_args) for record in records]
 
 
 def run_sweep(
@@ -320,18 +318,10 @@ def run_sweep(
 ) -> list[TrialRecord]:
     """Run (or resume) the sweep in `output_dir`; return every trial's record, in trial order."""
     extra_args = list(extra_args)
-    check_extra_args(spec, extra_args)
-    planner = Planner(spec, sweep_seed)
-    cap = effective_cap(spec, max_runs, planner.grid_size)
+    planner, cap = _plan(spec, extra_args, max_runs, sweep_seed)
     if spec.config.get("early_terminate"):
         logger.warning("early_terminate (hyperband) needs W&B's controller; the local runner runs every trial to the "
                        "end.")
-    if planner.grid is not None:
-        for params in planner.grid[:cap]:  # every grid command parses before the first trial starts
-            check_trial_arguments(spec, params, extra_args)
-    else:
-        check_trial_arguments(spec, planner.params(0, {}), extra_args)
-
     folder = SweepFolder(output_dir)
     with folder.locked():
         folder.claim({"sweep_file": spec.source, "config": json.loads(json.dumps(spec.config)),
@@ -356,9 +346,9 @@ def run_sweep(
             index = next((i for i in range(cap) if i not in records), None)
             if index is None:
                 return None
-            params = planner.params(index, records)
+            params = planner.params(index, observations(records, index))
             if planner.grid is None:
-                check_trial_arguments(spec, params, extra_args)
+                check_trial_arguments(spec, [params], extra_args)
             return TrialRecord(index, params)
 
         while (record := pending()) is not None:
@@ -372,8 +362,8 @@ def run_sweep(
                       keep_checkpoints=keep_checkpoints)
             folder.save(records)
             if record.status == "finished":
-                logger.info("    %s finished: %s = %.6g (%.0f s)", record.name, spec.metric, record.value,
-                            record.duration_s)
+                logger.info("    %s finished: %s (%.0f s)", record.name,
+                            record.error or f"{spec.metric} = {record.value:.6g}", record.duration_s)
             else:
                 logger.warning("    %s FAILED (%s); log: %s", record.name, record.error, record.log)
     return [records[index] for index in sorted(records)]

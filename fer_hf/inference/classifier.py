@@ -1,7 +1,7 @@
 """Run a saved model on face images: PyTorch or ONNX Runtime, with optional test-time augmentation (TTA).
 
-Preprocessing is the evaluation transform used in training (`fer_hf.transforms.eval_transform` on the image converted
-to the model's channel mode), so a face scored here is scored exactly as the validation split was.
+Preprocessing is the evaluation transform used in training (`fer_hf.data.transforms.eval_transform` on the image
+converted to the model's channel mode), so a face scored here is scored exactly as the validation split was.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from PIL import Image
 from torchvision import transforms as T
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-from fer_hf.modeling import image_processor_for
-from fer_hf.transforms import eval_transform, image_mode
+from fer_hf.data.transforms import eval_transform, image_mode
+from fer_hf.metrics import classification_report
+from fer_hf.modeling import DEFAULT_MODEL_DIR, image_processor_for
 
 logger = logging.getLogger(__name__)
 
@@ -70,19 +71,18 @@ def load_classifier(
     device: str | None = None,
 ) -> FerClassifier:
     """A saved model folder (PyTorch) or an exported `.onnx` file (ONNX Runtime; config from its metadata or
-    `model_dir`)."""
+    `model_dir`). With neither: the model shipped inside the package (`DEFAULT_MODEL_DIR`)."""
     if onnx_path is not None:
         return _load_onnx(Path(onnx_path), model_dir)
-    if model_dir is None:
-        raise ValueError("Give a model folder (--model DIR) or an exported ONNX file (--onnx FILE).")
-    model_dir = Path(model_dir)
+    model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(
             f"{model_dir}: not a saved model folder (no config.json); give the output_dir of `fer_hf.train` or a "
             "checkpoint-* folder inside it."
         )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = TimmWrapperForImageClassification.from_pretrained(model_dir).to(device).eval()
+    # fp32 whatever the stored dtype: the shipped model keeps fp16 weights to stay small.
+    model = TimmWrapperForImageClassification.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
 
     @torch.inference_mode()
     def run(pixel_values: np.ndarray) -> np.ndarray:
@@ -177,3 +177,29 @@ def _run_batch(classifier: FerClassifier, batch: list[torch.Tensor]) -> np.ndarr
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def evaluate_model(
+    classifiers: FerClassifier | Sequence[FerClassifier], images, labels, tta: str = "none", batch_size: int = 128
+) -> dict[str, dict]:
+    """Reports keyed `plain` and, when `tta` is not none, by the TTA mode; each as `classification_report` returns.
+
+    Each model's logits are averaged over its TTA views; several models (an ensemble) average their class
+    probabilities. With one model the predictions are its logits' argmax either way."""
+    classifiers = [classifiers] if isinstance(classifiers, FerClassifier) else list(classifiers)
+    images, labels = list(images), np.asarray(labels)
+    plain, augmented = [], []
+    for classifier in classifiers:
+        if tta == "hflip":  # the first of the two views is the plain image: one pass gives both figures
+            logits = view_logits(classifier, images, "hflip", batch_size)
+            plain.append(softmax(logits[:, 0]))
+            augmented.append(softmax(logits.mean(axis=1)))
+        else:
+            plain.append(softmax(view_logits(classifier, images, "none", batch_size)[:, 0]))
+            if tta == "tencrop":
+                augmented.append(softmax(view_logits(classifier, images, tta, batch_size).mean(axis=1)))
+    names = classifiers[0].label_names
+    reports = {"plain": classification_report(np.mean(plain, axis=0).argmax(-1), labels, names)}
+    if augmented:
+        reports[tta] = classification_report(np.mean(augmented, axis=0).argmax(-1), labels, names)
+    return reports

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fer_hf.labels import split_display_name
+
 
 @dataclass(frozen=True)
 class Baseline:
@@ -20,11 +22,13 @@ class Baseline:
     f1: str = "–"
 
 
-# Only figures we can attribute. The paper's own result, the `fer` package's bundled model (measured by us on
-# PrivateTest) and the range published single networks reach; no other Table II rows are reproduced.
+# Only figures we can attribute. The paper's own result, the `fer` package's bundled model (measured on the real
+# PrivateTest split with that package's bundled model; benchmarks/RESULTS.md) and the range published single networks
+# reach; no other Table II rows are reproduced.
 PAPER_BASELINES: tuple[Baseline, ...] = (
     Baseline("Fine-tuned ResNet-50 (the paper)", "quoted from the paper", "70.16", "71.22", "69.39", "70.29"),
-    Baseline("`fer` package, bundled model", "measured by the fer_hf developers (PrivateTest)", "65.4"),
+    Baseline("`fer` package, bundled model",
+             "measured on the real PrivateTest split with that package's bundled model", "65.42"),
     Baseline("Published single networks", "literature", "73–74"),
 )
 TABLE_COLUMNS = ("Accuracy (%)", "Precision", "Recall", "F1")
@@ -66,19 +70,19 @@ def per_class_table(report: Mapping) -> str:
 
 def comparison_markdown(name: str, reports: Mapping[str, Mapping], split: str, num_samples: int) -> str:
     """Table II: quoted baselines, then our measured rows (plain, and with TTA when it was run)."""
-    where = {"test": "PrivateTest", "validation": "PublicTest"}.get(split, split)
     rows = [(b.name, b.source, b.accuracy, b.precision, b.recall, b.f1) for b in PAPER_BASELINES]
     for key, report in reports.items():
         label = name if key == "plain" else f"{name} + TTA {key}"
-        rows.append((f"**{label}**", f"measured here: {split} ({where}), n={num_samples}", *table_row(report)))
+        where = f"measured here: {split_display_name(split)}, n={num_samples}"
+        rows.append((f"**{label}**", where, *table_row(report)))
     notes = [
         "Quoted rows are copied from their sources, not re-run; our rows come from `metrics.json` beside this file.",
         "F1 is the paper's: the harmonic mean of macro precision and macro recall.",
     ]
     if split != "test":
         notes.append(
-            f"Our rows are on {split} ({where}), which chose the checkpoint; only the test split (PrivateTest) is "
-            "comparable with the quoted figures."
+            f"Our rows are on {split_display_name(split)}, which chose the checkpoint; only the test split "
+            "(PrivateTest) is comparable with the quoted figures."
         )
     body = markdown_table(("Model", "Source", *TABLE_COLUMNS), rows)
     return f"# Comparison with published results (FER-2013)\n\n{body}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

@@ -12,7 +12,6 @@ they override the sweep's constants and the base recipe (not what the sweep sear
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -20,9 +19,10 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from fer_hf.sweep_report import describe, format_table, plot_results, rank
-from fer_hf.sweep_runner import SweepFolder, planned_commands, run_sweep
-from fer_hf.sweep_spec import SweepConfigError, load_sweep
+from fer_hf import cli
+from fer_hf.sweep.report import describe, format_table, plot_results, rank
+from fer_hf.sweep.runner import SweepFolder, TrialRecord, planned_commands, run_sweep
+from fer_hf.sweep.spec import load_sweep
 
 
 @dataclass
@@ -46,8 +46,9 @@ class SweepArguments:
 
 
 def make_parser() -> HfArgumentParser:
+    parser = cli.make_parser("fer_hf.sweep", __doc__, SweepArguments)
     # No abbreviations: `--output` or `--max` must not be taken for the runner's flags when meant for the trials.
-    parser = HfArgumentParser(SweepArguments, allow_abbrev=False, description=__doc__.split("\n\n")[0])
+    parser.allow_abbrev = False
     parser.add_argument("sweep_file", help="A W&B sweep YAML, e.g. sweeps/grid.yaml.")
     return parser
 
@@ -56,11 +57,10 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM too: stop the trial and keep results.jsonl consistent
 
 
-def main(argv: list[str] | None = None) -> list:
+def main(argv: list[str] | None = None) -> list[TrialRecord]:
     """Run the sweep; print and save the ranked table and the figure. Returns the trial records, best first."""
     args, namespace, extra_args = make_parser().parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("fer_hf").setLevel(logging.INFO)  # the runner's progress lines; other libraries stay quiet
+    cli.setup_logging()  # the runner's progress lines at info; other libraries stay quiet
     spec = load_sweep(namespace.sweep_file)
     output_dir = Path(args.output_dir or Path("outputs") / "sweeps" / Path(namespace.sweep_file).stem)
 
@@ -96,10 +96,9 @@ def main(argv: list[str] | None = None) -> list:
 
 if __name__ == "__main__":
     try:
-        ranked = main(sys.argv[1:])
-    except (SweepConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        # A bad sweep file or a folder of another sweep: a message and status 2 (1 means a trial failed).
+        with cli.exit_on_bad_input("fer_hf.sweep", status=2):
+            ranked = main(sys.argv[1:])
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(1 if any(record.status == "failed" for record in ranked) else 0)

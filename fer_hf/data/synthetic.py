@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from fer_hf.labels import IMAGE_SIZE, NUM_LABELS
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SIZE", "NUM_CLASSES", "make_faces"]
+__all__ = ["make_faces"]
 
-IMAGE_SIZE = 48
-NUM_CLASSES = 7
 
 # Drawing happens on a canvas this many times larger; box-downsampling then anti-aliases every edge for free.
 _SUPERSAMPLE = 4
@@ -187,9 +187,9 @@ class _Sampler:
 
 def _labels(num_images: int, seed: int) -> np.ndarray:
     """Labels as consecutive seeded permutations of 0..6: exactly balanced per block of 7, prefix-stable in N."""
-    num_blocks = -(-num_images // NUM_CLASSES)
+    num_blocks = -(-num_images // NUM_LABELS)
     blocks = [
-        np.random.default_rng([seed, _LABEL_STREAM, block]).permutation(NUM_CLASSES) for block in range(num_blocks)
+        np.random.default_rng([seed, _LABEL_STREAM, block]).permutation(NUM_LABELS) for block in range(num_blocks)
     ]
     if not blocks:
         return np.zeros(0, dtype=np.int64)

@@ -9,16 +9,15 @@ only on the seed, the trial's index and the results before it, so a resumed swee
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
-from fer_hf.sweep_spec import Parameter, SweepConfigError, SweepSpec
+import yaml
 
-logger = logging.getLogger(__name__)
+from fer_hf.sweep.spec import Parameter, SweepConfigError, SweepSpec
 
 _EPS = 1e-6  # quantiles stay inside (0, 1): the normal family has no finite end points
 
@@ -31,27 +30,45 @@ class Observation:
     value: float | None
 
 
+def grid_values(parameter: Parameter) -> list[Any]:
+    """The values W&B's grid takes for a parameter, repeats dropped as W&B drops them (it hashes each value's YAML
+    dump, integral floats as ints: 3000000.0 == 3000000)."""
+    spec, kind = parameter.spec, parameter.distribution
+    if kind == "constant":
+        values = [spec["value"]]
+    elif kind == "categorical":
+        values = list(spec["values"])
+    elif kind == "int_uniform":
+        values = list(range(spec["min"], spec["max"] + 1))
+    elif kind == "q_uniform":  # W&B's grid uses numpy.arange(min, max, q): max itself is left out
+        low, high, q = spec["min"], spec["max"], spec["q"]
+        values = [low + i * q for i in range(max(0, math.ceil((high - low) / q)))]
+    else:
+        raise ValueError(f"{parameter.name}: a {kind} parameter has no grid.")
+    unique: dict[str, Any] = {}
+    for value in values:
+        key = int(value) if isinstance(value, float) and value.is_integer() else value
+        unique.setdefault(yaml.safe_dump(key, default_flow_style=True, sort_keys=True), value)
+    return list(unique.values())
+
+
 def grid(spec: SweepSpec) -> list[dict[str, Any]]:
     """Every combination W&B's grid runs, in its order; each holds all parameters (constants too), sorted by name."""
     names = sorted(spec.parameters)
-    values = [spec.parameters[name].grid_values() for name in names]
+    values = [grid_values(spec.parameters[name]) for name in names]
     return [dict(zip(names, combination, strict=True)) for combination in itertools.product(*values)]
 
 
-def _tidy(value: float) -> float:
-    # round(x / q) * q leaves float noise (0.30000000000000004); keep 12 significant digits like a person would.
-    return float(f"{value:.12g}")
-
-
 def _quantize(value: float, q: float | int) -> float | int:
+    # round(x / q) * q leaves float noise (0.30000000000000004); keep 12 significant digits like a person would.
     quantized = round(value / q) * q
-    return int(quantized) if isinstance(q, int) else _tidy(quantized)
+    return int(quantized) if isinstance(q, int) else float(f"{quantized:.12g}")
 
 
 class _Dimension:
     """One searched parameter as an Optuna distribution, with the map to W&B's value and back."""
 
-    def __init__(self, parameter: Parameter):
+    def __init__(self, parameter: Parameter, source: str):
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         self.parameter = parameter
@@ -73,10 +90,8 @@ class _Dimension:
             if "normal" in kind:
                 self.normal = NormalDist(spec["mu"], spec["sigma"]) if spec["sigma"] > 0 else None
         else:
-            raise SweepConfigError(
-                f"parameters.{parameter.name}",
-                [f"the local runner cannot sample a {kind} distribution (W&B can); use values or another one"],
-            )
+            raise SweepConfigError(source, [f"parameters.{parameter.name}: the local runner cannot sample a {kind} "
+                                            f"distribution (W&B can); use values or another one"])
 
     def to_value(self, internal: Any) -> Any:
         spec, kind = self.parameter.spec, self.parameter.distribution
@@ -123,23 +138,16 @@ class OptunaSearch:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.spec = spec
         self.seed = seed
-        self.dimensions = {name: _Dimension(spec.parameters[name]) for name in spec.searched}
-
-    def _sampler(self, index: int):
-        import optuna
-
-        seed = (self.seed * 1_000_003 + index) % 2**32
-        if self.spec.method == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed)
+        self.dimensions = {name: _Dimension(spec.parameters[name], spec.source) for name in spec.searched}
 
     def propose(self, index: int, history: Sequence[Observation]) -> dict[str, Any]:
         """Parameters for trial `index`, given what the trials before it gave."""
         import optuna
 
+        seed = (self.seed * 1_000_003 + index) % 2**32
+        sampler = optuna.samplers.RandomSampler if self.spec.method == "random" else optuna.samplers.TPESampler
+        study = optuna.create_study(direction=self.spec.goal, sampler=sampler(seed=seed))
         distributions = {name: dim.distribution for name, dim in self.dimensions.items()}
-        direction = "minimize" if self.spec.goal == "minimize" else "maximize"
-        study = optuna.create_study(direction=direction, sampler=self._sampler(index))
         for past in history:
             internal = {name: dim.to_internal(past.params.get(name)) for name, dim in self.dimensions.items()}
             if any(value is None for value in internal.values()):
@@ -155,3 +163,18 @@ class OptunaSearch:
         params = dict(self.spec.constants)
         params.update({name: dim.to_value(trial.params[name]) for name, dim in self.dimensions.items()})
         return dict(sorted(params.items()))
+
+
+class Planner:
+    """The parameters of trial `index`: the grid's entry, or a fresh Optuna proposal."""
+
+    def __init__(self, spec: SweepSpec, sweep_seed: int):
+        self.grid = grid(spec) if spec.method == "grid" else None
+        self.search = None if self.grid is not None else OptunaSearch(spec, sweep_seed)
+
+    @property
+    def grid_size(self) -> int | None:
+        return None if self.grid is None else len(self.grid)
+
+    def params(self, index: int, history: Sequence[Observation] = ()) -> dict[str, Any]:
+        return self.grid[index] if self.grid is not None else self.search.propose(index, history)

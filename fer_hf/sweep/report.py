@@ -19,10 +19,10 @@ import matplotlib.colors
 matplotlib.use("Agg")  # figures are files; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 
-from fer_hf.sweep_runner import TrialRecord  # noqa: E402
-from fer_hf.sweep_spec import SweepSpec  # noqa: E402
+from fer_hf.run_dir import read_args  # noqa: E402
+from fer_hf.sweep.runner import TrialRecord  # noqa: E402
+from fer_hf.sweep.spec import SweepSpec  # noqa: E402
 
 AXES = ("learning_rate", "weight_decay")
 _ORDER = {"finished": 0, "failed": 1, "running": 2}
@@ -45,9 +45,7 @@ def rank(spec: SweepSpec, records: Sequence[TrialRecord]) -> list[TrialRecord]:
 
 
 def _format(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def format_table(spec: SweepSpec, records: Sequence[TrialRecord]) -> str:
@@ -98,10 +96,7 @@ def _resolved(record: TrialRecord, name: str) -> Any:
     """A parameter's value in this trial: the sweep's, else what the trial's args.yaml says it ran with."""
     if name in record.params:
         return record.params[name]
-    path = Path(record.output_dir) / "args.yaml"
-    if record.output_dir and path.is_file():
-        return (yaml.safe_load(path.read_text()) or {}).get(name)
-    return None
+    return read_args(record.output_dir).get(name) if record.output_dir else None
 
 
 def _label(value: Any) -> str:
@@ -191,12 +186,14 @@ def plot_results(spec: SweepSpec, records: Sequence[TrialRecord], path: str | os
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9,
                      label=spec.metric if heatmap else "weight decay")
-    title = f"{spec.name}: {spec.metric} ({spec.goal})" + ("; best boxed in red" if heatmap else "")
-    fig.suptitle(title, fontsize=11)
-    path = Path(path)
+    fig.suptitle(f"{spec.name}: {spec.metric} ({spec.goal})" + ("; best boxed in red" if heatmap else ""), fontsize=11)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def _plot_bars(spec: SweepSpec, points: list, panels: list[str], norm, cmap: str, path: str | os.PathLike) -> Path:
@@ -217,7 +214,4 @@ def _plot_bars(spec: SweepSpec, points: list, panels: list[str], norm, cmap: str
     lr, wd = points[0][1], points[0][2]
     ax.set_title(f"{spec.name}: {spec.metric} ({spec.goal}); learning rate {_label(lr)}, weight decay {_label(wd)}",
                  fontsize=10)
-    path = Path(path)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, path)

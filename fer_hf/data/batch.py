@@ -1,10 +1,11 @@
-"""Whole-batch versions of the transforms in `fer_hf.transforms`, for uint8 faces on any device.
+"""Whole-batch versions of the transforms in `fer_hf.data.transforms`, for uint8 faces on any device.
 
 FER-2013 is 83 MB of 48x48 bytes, so each split is decoded once into a uint8 tensor; each batch is sliced from it
 and made model-ready in a few tensor operations instead of a PIL round trip per image:
 
 - training: timm's `RandomResizedCropAndInterpolation` (boxes drawn per image as its `get_params` draws them),
-  horizontal flip, scaling to [0, 1] and normalisation with the backbone's mean and std;
+  horizontal flip, scaling to [0, 1] and normalisation with the backbone's mean and std, then optionally timm's
+  `RandomErasing` on the normalised batch (as timm's training transform appends it);
 - evaluation: the processor's `val_transforms` (resize, centre crop by `crop_pct`, normalisation).
 
 Resizing is separable, so each crop-and-resize is two small matrix products whose weights are PIL's own resampling
@@ -27,8 +28,8 @@ import torch
 from datasets import Dataset
 from torch.utils.data import default_collate
 
-from fer_hf.data import decode_faces
-from fer_hf.transforms import AugmentationConfig
+from fer_hf.data.load import decode_faces
+from fer_hf.data.transforms import AugmentationConfig
 
 # ------------------------------------------------------------------------------------- PIL's resampling filters
 
@@ -161,11 +162,13 @@ class FastImageTransform:
 
     A batch is a dict with `pixel_values` (B, H, W) uint8 and `labels`; training batches also carry `crop`
     (B, 4: top, left, height, width) and `flip` (B,) from `sample`. Calling the transform replaces `pixel_values`
-    by the normalised float (B, C, size, size) the model takes and drops `crop` and `flip`.
+    by the normalised float (B, C, size, size) the model takes and drops `crop` and `flip`. `erase` (timm's
+    `RandomErasing`, made for the device the batch is on) then erases boxes in training batches, in place.
     """
 
     def __init__(
-        self, data_config: Mapping, augmentation: AugmentationConfig | None = None, channels_last: bool = False
+        self, data_config: Mapping, augmentation: AugmentationConfig | None = None, channels_last: bool = False,
+        erase: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         channels, height, width = data_config["input_size"]
         self.channels = channels
@@ -175,6 +178,7 @@ class FastImageTransform:
         self.crop_mode = data_config.get("crop_mode") or "center"
         self.augmentation = augmentation or AugmentationConfig()
         self.channels_last = channels_last
+        self.erase = erase
         mean = np.broadcast_to(np.asarray(data_config["mean"], np.float64), (channels,))
         std = np.broadcast_to(np.asarray(data_config["std"], np.float64), (channels,))
         # ToTensor's /255 and Normalize folded into one multiply-add per channel.
@@ -190,8 +194,9 @@ class FastImageTransform:
             )
 
     def __repr__(self) -> str:
+        erase = "" if self.erase is None else f", erase={self.erase}"
         return (f"{type(self).__name__}(size={self.size}, channels={self.channels}, interpolation={self.interpolation}"
-                f", crop_pct={self.crop_pct}, {self.augmentation})")
+                f", crop_pct={self.crop_pct}, {self.augmentation}{erase})")
 
     def sample(self, count: int, height: int, width: int) -> dict[str, torch.Tensor]:
         """Draw the random training parameters of `count` images of `height` x `width` (on the CPU)."""
@@ -212,7 +217,10 @@ class FastImageTransform:
             grey = self._train_geometry(grey, crop.to(grey.device), flip.to(grey.device))
         else:
             grey = self._eval_geometry(grey)
-        batch["pixel_values"] = self._normalise(grey)
+        pixel_values = self._normalise(grey)
+        if crop is not None and self.erase is not None:
+            pixel_values = self.erase(pixel_values)
+        batch["pixel_values"] = pixel_values
         return batch
 
     def _train_geometry(self, grey: torch.Tensor, crop: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:

@@ -1,29 +1,69 @@
-"""Training curves from the Trainer's state, like the paper's Fig. 4 (accuracy) and Fig. 5 (loss).
+"""Figures saved beside a model: the confusion matrix (the paper's Fig. 6) and the training curves from the Trainer's
+state (Fig. 4, accuracy, and Fig. 5, loss).
 
 `trainer_state.json`'s `log_history` has training rows (`loss`, `train_accuracy`, `step`) and evaluation rows
 (`eval_loss`, `eval_accuracy`, `step`); the best checkpoint is `best_global_step` (or the number in
-`best_model_checkpoint`).
-"""
+`best_model_checkpoint`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # figures are files; never open a window
+matplotlib.use("Agg")  # figures are files; never open a window (servers, CI, DDP workers)
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fer_hf.run_dir import ACCURACY_FIGURE, LOSS_FIGURE, confusion_file, find_trainer_state, step_of  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-TRAINER_STATE = "trainer_state.json"
-ACCURACY_FIGURE = "accuracy_curve.png"
-LOSS_FIGURE = "loss_curve.png"
+
+def save_split_report(
+    output_dir: str | os.PathLike, split: str, report: Mapping, label_names: Sequence[str]
+) -> Path:
+    """`confusion_matrix_{split}.json` (matrix and per-class scores) and its figure, beside a model."""
+    out = Path(output_dir)
+    path = out / confusion_file(split)
+    path.write_text(json.dumps({"split": split, "labels": list(label_names), "matrix": report["confusion_matrix"],
+                                "per_class": report["per_class"]}, indent=2))
+    total = sum(sum(row) for row in report["confusion_matrix"])
+    title = f"FER-2013 {split} — accuracy {100 * report['accuracy']:.2f}% (n={total})"
+    plot_confusion_matrix(report["confusion_matrix"], label_names, title, out / confusion_file(split, "png"))
+    return path
+
+
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], label_names: Sequence[str], title: str, path: str | os.PathLike
+) -> None:
+    """Row-normalised percentages (each true class sums to 100%), counts beside them, names on both axes."""
+    counts = np.asarray(matrix, dtype=float)
+    rows = counts.sum(axis=1, keepdims=True)
+    percent = np.divide(100 * counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    size = max(5.0, 0.9 * len(label_names) + 1.5)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    image = ax.imshow(percent, cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of true class")
+    ticks = np.arange(len(label_names))
+    ax.set_xticks(ticks, labels=label_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, labels=label_names)
+    ax.set_xlabel("Predicted label")
+    ax.set_ylabel("True label")
+    ax.set_title(title)
+    for i in ticks:
+        for j in ticks:
+            color = "white" if percent[i, j] > 55 else "black"
+            ax.text(j, i, f"{percent[i, j]:.1f}%\n({int(counts[i, j])})", ha="center", va="center",
+                    fontsize=7, color=color)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 @dataclass
@@ -36,19 +76,6 @@ class Curves:
     eval_loss: list[float] = field(default_factory=list)
     eval_accuracy: list[float] = field(default_factory=list)
     best_step: int | None = None
-
-
-def find_trainer_state(run_dir: str | os.PathLike) -> Path:
-    """`run_dir/trainer_state.json`, else the newest checkpoint's (a run stopped before `save_state`)."""
-    run_dir = Path(run_dir)
-    if (run_dir / TRAINER_STATE).is_file():
-        return run_dir / TRAINER_STATE
-    checkpoints = sorted(run_dir.glob(f"checkpoint-*/{TRAINER_STATE}"), key=lambda p: _step_of(p.parent.name) or -1)
-    if checkpoints:
-        return checkpoints[-1]
-    raise FileNotFoundError(
-        f"{run_dir}: no {TRAINER_STATE} here or in a checkpoint-* folder; give the output_dir of `fer_hf.train`."
-    )
 
 
 def read_curves(state_path: str | os.PathLike) -> Curves:
@@ -68,13 +95,8 @@ def read_curves(state_path: str | os.PathLike) -> Curves:
             curves.eval_steps.append(step)
             curves.eval_loss.append(row["eval_loss"])
             curves.eval_accuracy.append(row["eval_accuracy"])
-    curves.best_step = state.get("best_global_step") or _step_of(state.get("best_model_checkpoint") or "")
+    curves.best_step = state.get("best_global_step") or step_of(state.get("best_model_checkpoint") or "")
     return curves
-
-
-def _step_of(checkpoint: str) -> int | None:
-    match = re.search(r"checkpoint-(\d+)/?$", str(checkpoint))
-    return int(match.group(1)) if match else None
 
 
 def _mark_best(ax, curves: Curves, values: list[float]) -> None:

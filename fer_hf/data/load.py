@@ -27,13 +27,12 @@ import numpy as np
 from datasets import Dataset, DatasetDict, config, load_dataset, load_from_disk
 from PIL import Image, UnidentifiedImageError
 
-from fer_hf.labels import IMAGE_SIZE, LABEL_NAMES, SPLITS, USAGE_TO_SPLIT, fer_features
+from fer_hf.labels import IMAGE_SIZE, IMAGE_SUFFIXES, LABEL_NAMES, SPLITS, USAGE_TO_SPLIT, fer_features
 
 logger = logging.getLogger(__name__)
 
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 CSV_COLUMNS = ("emotion", "pixels", "Usage")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
 PGM_HEADER = f"P5\n{IMAGE_SIZE} {IMAGE_SIZE}\n255\n".encode()  # binary greyscale; the pixels follow as raw bytes
 # Bump when parsing changes, so stale cache entries are never reused.
 CACHE_VERSION = "1"
@@ -96,7 +95,7 @@ def load_fer2013(
 
 
 def _load_synthetic(train_size: int, eval_size: int, seed: int) -> DatasetDict:
-    from fer_hf.synthetic import make_faces
+    from fer_hf.data.synthetic import make_faces
 
     # Distinct seeds per split so no face is shared between train and the evaluation splits.
     sizes = {"train": train_size, "validation": eval_size, "test": eval_size}

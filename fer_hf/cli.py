@@ -1,0 +1,52 @@
+"""What every entry module (`python -m fer_hf.X`) shares: its parser, its logging, and how it stops on bad input.
+
+Errors for bad input are raised where the input is read, with a message that names it; an entry module turns those
+into `fer_hf.X: message` and exit status 1 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from transformers import HfArgumentParser
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The errors bad input raises (a missing folder, a malformed file, a wrong value); anything else is a bug and keeps
+# its traceback.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError)
+
+
+def make_parser(prog: str, doc: str | None, *dataclass_types: type) -> HfArgumentParser:
+    """An HfArgumentParser named `python -m PROG`, described by the first paragraph of the module docstring."""
+    return HfArgumentParser(dataclass_types, prog=f"python -m {prog}", description=(doc or "").split("\n\n")[0])
+
+
+def parse(parser: HfArgumentParser, argv: list[str] | None) -> tuple[Any, ...]:
+    """Parse argv into the parser's dataclasses (plus a namespace for extra positional arguments, if any); a value
+    rejected by a dataclass's `__post_init__` becomes a usage error (exit status 2), not a traceback."""
+    try:
+        return tuple(parser.parse_args_into_dataclasses(args=argv))
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def setup_logging(level: int = logging.WARNING, fer_hf_level: int = logging.INFO) -> None:
+    """Libraries at `level`; fer_hf's own progress at `fer_hf_level`."""
+    logging.basicConfig(format=LOG_FORMAT, level=level)
+    logging.getLogger("fer_hf").setLevel(fer_hf_level)
+
+
+@contextlib.contextmanager
+def exit_on_bad_input(
+    prog: str, errors: tuple[type[BaseException], ...] = INPUT_ERRORS, status: int = 1
+) -> Iterator[None]:
+    """Turn the errors bad input raises into `prog: message` on stderr and exit status `status`."""
+    try:
+        yield
+    except errors as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        raise SystemExit(status) from err

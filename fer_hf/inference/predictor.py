@@ -1,0 +1,202 @@
+"""Photos and video frames to face records: detection, cropping and classification, batched across files.
+
+A record is `{"file", "faces": [{"box": [x, y, w, h], "label", "scores": {label: p}}], "error"}` (boxes in the file's
+upright pixels); a video's is `{"file", "frames": [{"frame", "time", "faces"}], ...}`. `fer_hf.predict`, `evaluate`
+and the web demo all go through `FacePredictor`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from fer_hf.inference.annotate import AnnotationTarget, draw_faces, video_writer
+from fer_hf.inference.classifier import FerClassifier, softmax
+from fer_hf.inference.faces import MIN_FACE_SIZE, Box, HaarFaceDetector, crop_face, whole_image_face
+from fer_hf.inference.images import DEFAULT_MAX_MEGAPIXELS, ImageReadError, LoadedImage, list_images, read_image
+from fer_hf.labels import IMAGE_SUFFIXES
+
+logger = logging.getLogger(__name__)
+
+NO_FACE = "no face found (if the image already is a cropped face, pass --no_detect)"
+
+
+class FacePredictor:
+    """Detector + crop + classifier: `faces(image)` gives the JSON face records of one image."""
+
+    def __init__(
+        self,
+        classifier: FerClassifier,
+        *,
+        detect: bool = True,
+        margin: float = 0.2,
+        min_neighbors: int = 5,
+        min_face_size: int = MIN_FACE_SIZE,
+        tta: str = "none",
+    ):
+        self.classifier = classifier
+        self.detector = HaarFaceDetector(min_neighbors=min_neighbors, min_face_size=min_face_size) if detect else None
+        self.margin = margin
+        self.tta = tta
+
+    def locate(self, image: LoadedImage) -> tuple[list[Box], list]:
+        """Boxes (in the working image's pixels) and their 48x48 grayscale crops."""
+        gray = image.gray
+        if self.detector is None:
+            return [(0, 0, gray.shape[1], gray.shape[0])], [whole_image_face(gray)]
+        boxes = self.detector.detect(gray)
+        return boxes, [crop_face(gray, box, self.margin) for box in boxes]
+
+    def classify(self, crops: list) -> np.ndarray:
+        """Class probabilities (N, num_labels)."""
+        if not crops:
+            return np.zeros((0, len(self.classifier.label_names)), np.float32)
+        return softmax(self.classifier.predict(crops, self.tta))
+
+    def records(self, boxes: list[Box], probabilities: np.ndarray, scale: float) -> list[dict]:
+        names = self.classifier.label_names
+        return [
+            {
+                "box": [int(round(v * scale)) for v in box],  # in the file's (upright) pixels
+                "label": names[int(np.argmax(p))],
+                "scores": {name: round(float(v), 4) for name, v in zip(names, p, strict=True)},
+            }
+            for box, p in zip(boxes, probabilities, strict=True)
+        ]
+
+    def faces(self, image: LoadedImage) -> list[dict]:
+        boxes, crops = self.locate(image)
+        return self.records(boxes, self.classify(crops), image.scale)
+
+
+# ----------------------------------------------------------------------------------------------------- images
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[dict]]:
+    """Files to read (folders expanded, non-image files in them skipped) and error records for empty folders."""
+    files: list[Path] = []
+    errors: list[dict] = []
+    for given in inputs:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            images, skipped = list_images(path)
+            if skipped:
+                logger.info("%s: skipped %d non-image file(s)", path, skipped)
+            if not images:
+                errors.append({"file": str(path), "faces": [], "error": (
+                    f"{path}: no image files in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})."
+                )})
+            files.extend(images)
+        else:
+            files.append(path)  # missing or unreadable files are reported when read, in order
+    return files, errors
+
+
+def predict_images(
+    predictor: FacePredictor,
+    files: list[Path],
+    *,
+    batch_size: int = 32,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    annotate: AnnotationTarget | None = None,
+) -> Iterator[dict]:
+    """One record per file, in order: `{"file", "faces": [{"box", "label", "scores"}], "error"}`.
+
+    Files are read and their faces cropped a batch at a time; all faces of a batch go through the model together.
+    Decoded photos are dropped once cropped, unless they are still to be annotated (then batches are smaller).
+    """
+    # (record, boxes, crops, scale to file pixels, the decoded photo only while it is still to be annotated)
+    pending: list[tuple[dict, list[Box], list, float, LoadedImage | None]] = []
+    max_pending = min(batch_size, 4) if annotate else batch_size
+    progress = tqdm(total=len(files), unit="image", desc="predict", disable=None if len(files) > 1 else True)
+    try:
+        for path in files:
+            record = {"file": str(path), "faces": [], "error": None}
+            try:
+                image = read_image(path, max_megapixels)
+                boxes, crops = predictor.locate(image)
+            except ImageReadError as err:
+                record["error"] = str(err)
+                pending.append((record, [], [], 1.0, None))
+            else:
+                pending.append((record, boxes, crops, image.scale, image if annotate else None))
+            if len(pending) >= max_pending or sum(len(p[2]) for p in pending) >= batch_size:
+                yield from _flush(predictor, pending, annotate)
+                progress.update(len(pending))
+                pending = []
+        yield from _flush(predictor, pending, annotate)
+        progress.update(len(pending))
+    finally:
+        progress.close()
+
+
+def _flush(predictor: FacePredictor, pending: list, annotate: AnnotationTarget | None) -> Iterator[dict]:
+    probabilities = predictor.classify([crop for _, _, crops, _, _ in pending for crop in crops])
+    start = 0
+    for record, boxes, crops, scale, image in pending:
+        record["faces"] = predictor.records(boxes, probabilities[start: start + len(crops)], scale)
+        start += len(crops)
+        if annotate is not None and image is not None:
+            annotate.write_image(image, record["faces"])
+        yield record
+
+
+# ----------------------------------------------------------------------------------------------------- video
+
+
+def predict_video(
+    predictor: FacePredictor, path: str, *, frame_step: int = 1, annotate: AnnotationTarget | None = None
+) -> dict:
+    """`{"file", "frames": [{"frame", "time", "faces"}], "frames_per_second", "video_fps", "error"}`."""
+    import cv2
+
+    record: dict = {"file": str(path), "frames": [], "frames_per_second": None, "video_fps": None, "error": None}
+    if not Path(path).is_file():
+        record["error"] = f"{path}: no such video file; check the path."
+        return record
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        record["error"] = (f"{path}: OpenCV cannot open this video; convert it to H.264 MP4 (e.g. "
+                           f"`ffmpeg -i {path} -c:v libx264 out.mp4`).")
+        return record
+    video_fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    writer = None
+    faces: list[dict] = []
+    index = classified = 0
+    start = time.perf_counter()
+    progress = tqdm(total=total, unit="frame", desc=Path(path).name, disable=None)
+    try:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            if index % frame_step == 0:
+                frame = LoadedImage.from_array(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"{path}#{index}")
+                faces = predictor.faces(frame)
+                record["frames"].append({"frame": index, "time": round(index / video_fps, 3), "faces": faces})
+                classified += 1
+            if annotate is not None:
+                if writer is None:
+                    writer = video_writer(annotate.path_for(str(path), ".mp4"), video_fps, bgr.shape[1], bgr.shape[0])
+                # Skipped frames keep the last classified faces, so the boxes do not flicker.
+                writer.write(draw_faces(bgr, faces))  # drawn on the BGR frame: green is green in either order
+            index += 1
+            progress.update(1)
+    finally:
+        progress.close()
+        capture.release()
+        if writer is not None:
+            writer.release()
+    elapsed = time.perf_counter() - start
+    if index == 0:
+        record["error"] = f"{path}: no frame could be read; the file is empty, truncated or not a video."
+        return record
+    record["frames_per_second"] = round(classified / elapsed, 2) if elapsed > 0 else None
+    record["video_fps"] = round(video_fps, 3)
+    return record

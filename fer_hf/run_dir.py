@@ -1,0 +1,138 @@
+"""Everything about a run folder (a training `output_dir`): its file names, its checkpoints, and the readers of what
+`fer_hf.train` writes there. Every other module reads a run folder through this one.
+
+Resuming: `--resume_from_checkpoint PATH` names a checkpoint; `last` (or `true`) takes the newest complete
+`checkpoint-*` in output_dir. The Trainer writes `trainer_state.json` last, so a run killed while saving leaves a
+folder without it; `last` skips such folders (with a warning) instead of failing on them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+# What a finished run folder holds (written by fer_hf.train through the Trainer).
+TRAINER_STATE = "trainer_state.json"
+ALL_RESULTS = "all_results.json"
+ARGS_FILE = "args.yaml"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+# A checkpoint's raw (not averaged) weights when training with an EMA; its model.safetensors holds the EMA weights.
+TRAINING_WEIGHTS_FILE = "training_weights.safetensors"
+SPLIT_RESULTS = ("train_results.json", "eval_results.json", "test_results.json")
+ACCURACY_FIGURE = "accuracy_curve.png"
+LOSS_FIGURE = "loss_curve.png"
+LATEST = frozenset({"last", "latest", "true"})
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """`--resume_from_checkpoint` names nothing the Trainer can resume from."""
+
+
+def confusion_file(split: str, suffix: str = "json") -> str:
+    return f"confusion_matrix_{split}.{suffix}"
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON file's object, or {} where the file is absent."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def read_args(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The merged arguments the run was started with (`args.yaml`), or {} where there is none."""
+    path = Path(run_dir) / ARGS_FILE
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
+    return read_json(Path(run_dir) / ALL_RESULTS)
+
+
+def find_trainer_state(run_dir: str | os.PathLike) -> Path:
+    """`run_dir/trainer_state.json`, else the newest checkpoint's (a run stopped before `save_state`)."""
+    run_dir = Path(run_dir)
+    if (run_dir / TRAINER_STATE).is_file():
+        return run_dir / TRAINER_STATE
+    for checkpoint in checkpoints(run_dir):
+        if is_complete(checkpoint):
+            return checkpoint / TRAINER_STATE
+    raise FileNotFoundError(
+        f"{run_dir}: no {TRAINER_STATE} here or in a checkpoint-* folder; give the output_dir of `fer_hf.train`."
+    )
+
+
+def read_trainer_state(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The run's `trainer_state.json` (or the newest checkpoint's), or {} where there is none."""
+    try:
+        return read_json(find_trainer_state(run_dir))
+    except FileNotFoundError:
+        return {}
+
+
+def step_of(checkpoint: str | os.PathLike) -> int | None:
+    """The step in a `checkpoint-<step>` path, or None."""
+    match = _CHECKPOINT.match(Path(str(checkpoint).rstrip("/")).name)
+    return int(match.group(1)) if match else None
+
+
+def agent_run_output_dir(output_dir: str, environ: Mapping[str, str] | None = None) -> str:
+    """Under a W&B sweep agent every run gets the same command line; give each run its own `output_dir/<run id>`."""
+    environ = os.environ if environ is None else environ
+    run_id = environ.get("WANDB_RUN_ID") if environ.get("WANDB_SWEEP_ID") else None
+    if not run_id or Path(output_dir).name == run_id:
+        return output_dir
+    return str(Path(output_dir) / run_id)
+
+
+def is_complete(checkpoint: Path) -> bool:
+    return (checkpoint / TRAINER_STATE).is_file()
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """The `checkpoint-<step>` folders of a run, newest (highest step) first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def resolve_resume_checkpoint(value: str | None, output_dir: str | Path) -> str | None:
+    """The checkpoint folder to pass to `Trainer.train(resume_from_checkpoint=...)`, or None to start afresh."""
+    if value is None or value.strip().lower() in ("", "false", "none"):
+        return None
+    if value.strip().lower() in LATEST:
+        found = checkpoints(output_dir)
+        for checkpoint in found:
+            if is_complete(checkpoint):
+                return str(checkpoint)
+            logger.warning("%s has no %s (the run stopped while saving it); resuming from an earlier checkpoint.",
+                           checkpoint, TRAINER_STATE)
+        raise CheckpointError(
+            f"--resume_from_checkpoint {value}: no complete {PREFIX_CHECKPOINT_DIR}-* folder in {output_dir}"
+            + (f" (incomplete: {', '.join(p.name for p in found)})" if found else "")
+            + ". Drop the flag to start afresh, or check --output_dir."
+        )
+    path = Path(value)
+    if not path.is_dir():
+        raise CheckpointError(f"--resume_from_checkpoint {value}: no such folder.")
+    if not is_complete(path):
+        complete = [p.name for p in checkpoints(path.parent) if is_complete(p)]
+        raise CheckpointError(
+            f"--resume_from_checkpoint {value}: no {TRAINER_STATE} in it, so it is not a complete Trainer checkpoint "
+            "(a run killed while saving leaves such a folder)."
+            + (f" Complete ones beside it: {', '.join(complete)}." if complete else "")
+        )
+    return str(path)

