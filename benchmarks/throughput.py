@@ -6,7 +6,7 @@ measured side by side in one run on one machine.
 Measured, in rounds that interleave the three so that machine load hits them alike:
   (a) model alone: forward, loss, backward, gradient clipping and optimizer step (the Trainer's own optimizer and
       max_grad_norm) on random tensors already on the device; evaluation: forward passes. The ceiling.
-  (b) fer_hf: the real Trainer loop (FerTrainer) over real FER-2013 through `fer_hf.transforms.build_pipeline`, with
+  (b) fer_hf: the real Trainer loop (FerTrainer) over real FER-2013 through `fer_hf.data.pipeline.build_pipeline`, with
       the full training augmentation (RandomResizedCrop, flip, normalisation) or the evaluation transform.
   (c) baseline: the transformers image-classification example's pipeline (torchvision RandomResizedCrop / flip /
       ToTensor / Normalize per PIL image through `with_transform`, its collate_fn, default DataLoader settings)

@@ -3,8 +3,9 @@
     python -m fer_hf.evaluate --model outputs/paper_resnet50 --dataset fer2013.npz --split test --tta hflip
 
 Writes to --output_dir (default MODEL/evaluation_SPLIT): `metrics.json` (accuracy, macro precision / recall / F1,
-the paper's F1, per-class scores, confusion matrix; with TTA, the same under `tta`), `confusion_matrix_SPLIT.png`
-(and `..._tta_MODE.png`) and `comparison.md` (our rows beside the paper's Table II baselines).
+the paper's F1, per-class scores, confusion matrix; with TTA, the same under `tta`), `confusion_matrix_SPLIT.json`
+and `.png` in the schema a training run writes (and `..._tta_MODE.*`), and `comparison.md` (our rows beside the
+paper's Table II baselines).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fer_hf import cli
 from fer_hf.data.load import load_fer2013
 from fer_hf.inference.classifier import TTA_MODES, evaluate_model, load_classifier
 from fer_hf.modeling import DEFAULT_MODEL_DIR
-from fer_hf.report.figures import plot_confusion_matrix
+from fer_hf.report.figures import save_split_report
 from fer_hf.report.tables import comparison_markdown, per_class_table, table1
 
 logger = logging.getLogger(__name__)
@@ -102,11 +103,7 @@ def run(args: EvaluateArguments) -> tuple[dict, dict[str, dict]]:
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     for key, report in reports.items():
-        suffix = "" if key == "plain" else f"_tta_{key}"
-        tta_note = "" if key == "plain" else f", TTA {key}"
-        title = f"FER-2013 {args.split}{tta_note} — accuracy {100 * report['accuracy']:.2f}% (n={len(split)})"
-        plot_confusion_matrix(report["confusion_matrix"], classifier.label_names, title,
-                              out / f"confusion_matrix_{args.split}{suffix}.png")
+        save_split_report(out, args.split, report, classifier.label_names, tta=None if key == "plain" else key)
     name = " + ".join(f"{c.config.architecture} ({Path(n).name})" for c, n in zip(classifiers, names, strict=True))
     (out / "comparison.md").write_text(comparison_markdown(name, reports, args.split, len(split)))
     return metrics, reports

@@ -7,7 +7,7 @@ features of `fer_hf.labels.fer_features()`. Sources are told apart by what the a
 2. the Kaggle image-folder layout (`train/<class>/*.jpg`, `test/<class>/*.jpg`);
 3. the numpy archive `fer2013.npz` (the file, or the folder that holds it);
 4. a Hub dataset id, through `datasets.load_dataset`;
-5. `synthetic`: procedurally drawn faces (`fer_hf.synthetic`).
+5. `synthetic`: procedurally drawn faces (`fer_hf.data.synthetic`).
 
 A CSV, archive or folder is parsed once and kept in the datasets cache, keyed by the source's path, size and
 modification time, so later loads memory-map Arrow files instead of parsing again.

@@ -26,16 +26,18 @@ logger = logging.getLogger(__name__)
 
 
 def save_split_report(
-    output_dir: str | os.PathLike, split: str, report: Mapping, label_names: Sequence[str]
+    output_dir: str | os.PathLike, split: str, report: Mapping, label_names: Sequence[str], tta: str | None = None
 ) -> Path:
-    """`confusion_matrix_{split}.json` (matrix and per-class scores) and its figure, beside a model."""
+    """`confusion_matrix_{split}.json` (matrix and per-class scores) and its figure, beside a model; the one schema
+    training, `evaluate` and `release` write. With `tta`, the files are `confusion_matrix_{split}_tta_{tta}.*`."""
     out = Path(output_dir)
-    path = out / confusion_file(split)
-    path.write_text(json.dumps({"split": split, "labels": list(label_names), "matrix": report["confusion_matrix"],
-                                "per_class": report["per_class"]}, indent=2))
+    name = f"{split}_tta_{tta}" if tta else split
+    path = out / confusion_file(name)
+    path.write_text(json.dumps({"split": split, "tta": tta, "labels": list(label_names),
+                                "matrix": report["confusion_matrix"], "per_class": report["per_class"]}, indent=2))
     total = sum(sum(row) for row in report["confusion_matrix"])
-    title = f"FER-2013 {split} — accuracy {100 * report['accuracy']:.2f}% (n={total})"
-    plot_confusion_matrix(report["confusion_matrix"], label_names, title, out / confusion_file(split, "png"))
+    title = f"FER-2013 {split}{f', TTA {tta}' if tta else ''} — accuracy {100 * report['accuracy']:.2f}% (n={total})"
+    plot_confusion_matrix(report["confusion_matrix"], label_names, title, out / confusion_file(name, "png"))
     return path
 
 

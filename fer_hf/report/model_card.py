@@ -92,7 +92,7 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None) -> 
     in_chans = (config.get("model_args") or {}).get("in_chans", 3)
     size = (cfg.get("input_size") or [in_chans, "?", "?"])[-1]
 
-    data_name = "synthetic faces (fer_hf.synthetic)" if synthetic else "FER-2013"
+    data_name = "synthetic faces (fer_hf.data.synthetic)" if synthetic else "FER-2013"
     eval_results = [
         EvalResult(task_type="image-classification", task_name="Facial expression recognition",
                    dataset_type="synthetic" if synthetic else (dataset if _is_hub_id(dataset) else "fer2013"),
