@@ -72,7 +72,8 @@ def run(args: EvaluateArguments) -> tuple[dict, dict[str, dict]]:
     and the reports keyed `plain` / TTA mode."""
     folders = args.model or [None]
     classifiers = [load_classifier(folder, onnx_path=args.onnx, device=args.device) for folder in folders]
-    names = [str(folder or DEFAULT_MODEL_DIR) for folder in folders]
+    # What each classifier is: its folder, else the exported file, else the shipped model.
+    names = [str(folder or args.onnx or DEFAULT_MODEL_DIR) for folder in folders]
     split = load_fer2013(args.dataset)[args.split]
     if args.max_samples is not None:
         split = split.select(range(min(args.max_samples, len(split))))
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     cli.setup_logging()
     with cli.exit_on_bad_input("fer_hf.evaluate"):  # model folder, dataset, labels: each message names the input
         metrics, reports = run(args)
-    name = " + ".join(Path(folder).name for folder in args.model or [DEFAULT_MODEL_DIR])
+    name = " + ".join(Path(folder).name for folder in args.model or [args.onnx or DEFAULT_MODEL_DIR])
     print(f"\nFER-2013 {args.split}, n={metrics['num_samples']} — Table I (F1 = harmonic mean of macro P and R)\n")
     print(table1(name, reports))
     for key, report in reports.items():
