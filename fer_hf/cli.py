@@ -48,5 +48,6 @@ def exit_on_bad_input(
     try:
         yield
     except errors as err:
+        logging.getLogger(__name__).debug("%s failed", prog, exc_info=True)
         print(f"{prog}: {err}", file=sys.stderr)
         raise SystemExit(status) from err

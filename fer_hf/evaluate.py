@@ -22,6 +22,7 @@ from fer_hf.inference.classifier import TTA_MODES, evaluate_model, load_classifi
 from fer_hf.modeling import DEFAULT_MODEL_DIR
 from fer_hf.report.figures import save_split_report
 from fer_hf.report.tables import comparison_markdown, per_class_table, table1
+from fer_hf.run_dir import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +103,11 @@ def run(args: EvaluateArguments) -> tuple[dict, dict[str, dict]]:
         "dataset": args.dataset,
         "tta": {"mode": args.tta, **reports[args.tta]} if args.tta != "none" else None,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     for key, report in reports.items():
         save_split_report(out, args.split, report, classifier.label_names, tta=None if key == "plain" else key)
     name = " + ".join(f"{c.config.architecture} ({Path(n).name})" for c, n in zip(classifiers, names, strict=True))
-    (out / "comparison.md").write_text(comparison_markdown(name, reports, args.split, len(split)))
+    write_atomic(out / "comparison.md", comparison_markdown(name, reports, args.split, len(split)))
     return metrics, reports
 
 

@@ -52,10 +52,12 @@ def export_onnx(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, opse
     example = torch.zeros(2, channels, height, width)
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    # Exported and checked beside the target, then renamed over it: a kill never leaves half an .onnx file.
+    partial = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.partial")
     torch.onnx.export(
         _LogitsOnly(classifier.model).eval(),
         (example,),
-        str(onnx_path),
+        str(partial),
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
         dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch", min=1, max=4096)}},
@@ -64,12 +66,13 @@ def export_onnx(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, opse
         verbose=False,
         external_data=False,  # one self-contained file; a ResNet-50 is ~100 MB, far below protobuf's 2 GB
     )
-    model = onnx.load(str(onnx_path))
+    model = onnx.load(str(partial))
     onnx.checker.check_model(model)
     entry = model.metadata_props.add()
     entry.key, entry.value = ONNX_CONFIG_KEY, classifier.config.to_json_string()
     model.doc_string = f"fer_hf FER-2013 classifier exported from {Path(model_dir).name}: pixel_values -> logits"
-    onnx.save(model, str(onnx_path))
+    onnx.save(model, str(partial))
+    os.replace(partial, onnx_path)
     return onnx_path
 
 

@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import TimmWrapperForImageClassification
 
 from fer_hf import cli
 from fer_hf.data.load import load_fer2013
 from fer_hf.inference.classifier import evaluate_model, load_classifier
 from fer_hf.metrics import flatten_report
-from fer_hf.modeling import DEFAULT_MODEL_DIR
+from fer_hf.modeling import DEFAULT_MODEL_DIR, load_saved_model
 from fer_hf.report.figures import save_split_report
 from fer_hf.report.model_card import write_model_card
 from fer_hf.run_dir import (
@@ -37,6 +36,7 @@ from fer_hf.run_dir import (
     TRAINER_STATE,
     WEIGHTS_FILE,
     read_args,
+    replace_folder,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def release(run_dir: str | Path, dataset: str, output_dir: str | Path = DEFAULT_
         raise FileNotFoundError(f"{run_dir}: no {CONFIG_FILE}; give the output_dir of a finished `fer_hf.train` run.")
     partial = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    model = TimmWrapperForImageClassification.from_pretrained(run_dir, dtype=torch.float32)
+    model = load_saved_model(run_dir, dtype=torch.float32)
     model.half().save_pretrained(partial)
     # Stored in fp16, computed in fp32: AutoModel, pipeline() and fer_hf load it as float32 (fp16 is slow on CPUs).
     config = json.loads((partial / CONFIG_FILE).read_text())
@@ -87,9 +87,7 @@ def release(run_dir: str | Path, dataset: str, output_dir: str | Path = DEFAULT_
         logger.info("Shipped weights on %s: accuracy %.4f (n=%d)", split, report["accuracy"], len(part))
     (partial / ALL_RESULTS).write_text(json.dumps(results, indent=2) + "\n")
     write_model_card(partial)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    partial.rename(output_dir)
+    replace_folder(partial, output_dir)
     return results
 
 

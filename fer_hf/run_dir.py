@@ -8,13 +8,15 @@ folder without it; `last` skips such folders (with a warning) instead of failing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -30,6 +32,8 @@ WEIGHTS_FILE = "model.safetensors"
 # A checkpoint's raw (not averaged) weights when training with an EMA; its model.safetensors holds the EMA weights.
 TRAINING_WEIGHTS_FILE = "training_weights.safetensors"
 SPLIT_RESULTS = ("train_results.json", "eval_results.json", "test_results.json")
+RUN_INFO_FILE = "run_info.json"  # what reproducing the run needs: versions, data checksum, git commit, command
+LOCK_FILE = ".lock"
 ACCURACY_FIGURE = "accuracy_curve.png"
 LOSS_FIGURE = "loss_curve.png"
 LATEST = frozenset({"last", "latest", "true"})
@@ -38,6 +42,133 @@ _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 class CheckpointError(ValueError):
     """`--resume_from_checkpoint` names nothing the Trainer can resume from."""
+
+
+class OutputDirError(OSError):
+    """An output folder that cannot take a run: held by another process, not writable, or too full."""
+
+
+# ---- writing without ever leaving half a file ----------------------------------------------------------------
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write `data` beside `path`, flush it to disk, then rename it over `path`: a kill at any moment leaves the
+    previous file or the new one, never half of one."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def replace_folder(partial: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Move a completely written folder `partial` to `target`, replacing what was there. A kill at any moment
+    leaves the previous `target`, the new one, or (between the two renames) none with the old one at `target.old`."""
+    partial, target = Path(partial), Path(target)
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    partial.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def hold(directory: str | os.PathLike, holder: str) -> IO[str]:
+    """Hold `directory` for this process: an advisory lock on DIR/.lock, kept while the returned handle is open and
+    released when the process ends, even by a kill. A second `holder` started on the same folder gets
+    `OutputDirError` instead of interleaving its files with this one's."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = open(directory / LOCK_FILE, "a+")
+    try:
+        import fcntl
+
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # not POSIX: no lock; the user keeps to one process per folder
+        pass
+    except OSError as error:
+        handle.seek(0)
+        other = handle.read().strip() or "another process"
+        handle.close()
+        raise OutputDirError(f"{directory}: {other} is already writing here; wait for it to finish, or pick "
+                             f"another output folder.") from error
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{holder} (pid {os.getpid()})")
+    handle.flush()
+    return handle
+
+
+@contextlib.contextmanager
+def exclusive(directory: str | os.PathLike, holder: str) -> Iterator[Path]:
+    """`hold(directory, holder)` for the duration of a `with` block."""
+    with hold(directory, holder):
+        yield Path(directory)
+
+
+def run_info(command: list[str], dataset: str) -> dict[str, Any]:
+    """What reproducing a run needs beyond its arguments (args.yaml): the command, library versions, the git commit
+    of fer_hf when it runs from a checkout, and the data's SHA-256 (a file's bytes; a folder's listing of names and
+    sizes)."""
+    import hashlib
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    libraries = {}
+    for name in ("fer_hf", "torch", "torchvision", "timm", "transformers", "accelerate", "datasets", "numpy",
+                 "pillow", "safetensors"):
+        try:
+            libraries[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            libraries[name] = None
+    package = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=package,
+                                    capture_output=True, text=True, timeout=10).stdout.strip()) if commit else None
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
+        commit = dirty = None
+    source = Path(dataset).expanduser()
+    digest = hashlib.sha256()
+    if source.is_file():
+        with open(source, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        data = {"source": dataset, "sha256": digest.hexdigest(), "bytes": source.stat().st_size}
+    elif source.is_dir():
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            digest.update(f"{path.relative_to(source).as_posix()}\t{path.stat().st_size}\n".encode())
+        data = {"source": dataset, "listing_sha256": digest.hexdigest()}
+    else:  # `synthetic` or a Hub id: the name (and, for the Hub, its revision in the datasets cache) says it
+        data = {"source": dataset}
+    return {"command": list(command), "python": platform.python_version(), "platform": platform.platform(),
+            "libraries": libraries, "git_commit": commit, "git_dirty": dirty, "data": data}
+
+
+def check_writable(directory: str | os.PathLike, needed_bytes: int = 0) -> None:
+    """Raise `OutputDirError` now, before hours of training, if `directory` cannot take a file or has less than
+    `needed_bytes` free."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(directory / ".write_test", b"ok")
+        (directory / ".write_test").unlink()
+    except OSError as error:
+        raise OutputDirError(f"{directory}: cannot write here ({error.strerror or error}); pick another "
+                             f"--output_dir.") from error
+    free = shutil.disk_usage(directory).free
+    if free < needed_bytes:
+        raise OutputDirError(f"{directory}: {free / 2**20:.0f} MiB free, but the run's checkpoints and model need "
+                             f"about {needed_bytes / 2**20:.0f} MiB; free some space or pick another --output_dir.")
 
 
 def confusion_file(split: str, suffix: str = "json") -> str:

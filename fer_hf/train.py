@@ -8,6 +8,8 @@ The validation split (PublicTest) picks the checkpoint; the test split (PrivateT
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import sys
@@ -18,6 +20,7 @@ import torch
 import transformers
 from transformers import set_seed
 
+from fer_hf import cli
 from fer_hf.config import parse_args, save_arguments
 from fer_hf.data.load import load_fer2013
 from fer_hf.data.pipeline import build_pipeline
@@ -28,17 +31,39 @@ from fer_hf.metrics import compute_metrics
 from fer_hf.modeling import build_model, image_processor_for
 from fer_hf.report.figures import plot_training_curves
 from fer_hf.report.model_card import write_model_card
-from fer_hf.run_dir import ARGS_FILE, agent_run_output_dir, checkpoints, resolve_resume_checkpoint
+from fer_hf.run_dir import (
+    ARGS_FILE,
+    RUN_INFO_FILE,
+    agent_run_output_dir,
+    check_writable,
+    checkpoints,
+    exclusive,
+    resolve_resume_checkpoint,
+    run_info,
+    write_atomic,
+)
 from fer_hf.trainer import FerTrainer, evaluate_split
 
 logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    argv = sys.argv[1:] if argv is None else list(argv)
     model_args, data_args, training_args = parse_args(argv)
     # A W&B sweep agent gives every run the same command line: each run gets its own output_dir/<run id>.
     training_args.output_dir = agent_run_output_dir(training_args.output_dir)
+    if training_args.push_to_hub:  # refused before anything is written
+        check_push_access(training_args.hub_model_id or Path(training_args.output_dir).name, training_args.hub_token)
+    # One run per output_dir at a time (the main process holds it): a second start is refused, not interleaved.
+    held = contextlib.nullcontext()
+    if training_args.should_save:
+        held = exclusive(training_args.output_dir, "fer_hf.train")
+    with held:
+        return run(model_args, data_args, training_args, command=["python", "-m", "fer_hf.train", *argv])
 
+
+def run(model_args, data_args, training_args, command: list[str]) -> dict[str, float]:
+    """Train, choose the checkpoint on the validation split, test once; write the run folder (`fer_hf.run_dir`)."""
     # ---- logging: info on the main process only
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[logging.StreamHandler()])
     log_level = training_args.get_process_log_level()
@@ -59,8 +84,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     elif checkpoints(training_args.output_dir):
         logger.warning("%s already holds checkpoints of an earlier run; this run starts afresh beside them. To "
                        "continue that run instead, pass --resume_from_checkpoint last.", training_args.output_dir)
-    if training_args.push_to_hub:
-        check_push_access(training_args.hub_model_id or Path(training_args.output_dir).name, training_args.hub_token)
+    output_dir = Path(training_args.output_dir)
+    check_writable(output_dir)  # now, not after hours of training
+    if training_args.should_save:
+        write_atomic(output_dir / RUN_INFO_FILE, json.dumps(run_info(command, data_args.dataset), indent=2) + "\n")
     # `with_transform` hands Trainer an `image` column the model does not take; keep it for the transform.
     training_args.remove_unused_columns = False
     if training_args.device.type == "cpu":
@@ -96,6 +123,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         cache_dir=model_args.cache_dir,
     )
     processor = image_processor_for(model.config)
+    # Each checkpoint holds the weights, the optimizer's state (two moments for Adam) and, with an EMA, raw weights.
+    parameters = sum(p.numel() for p in model.parameters())
+    check_writable(output_dir, needed_bytes=16 * parameters * ((training_args.save_total_limit or 3) + 1))
     augmentation = AugmentationConfig(crop_scale=(data_args.crop_scale_min, 1.0), hflip=data_args.hflip)
     if data_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -154,4 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # A bad recipe or flag, data file, model name or output_dir ends in `fer_hf.train: <what is wrong>`, not a
+    # traceback (run with --log_level debug to see one).
+    with cli.exit_on_bad_input("fer_hf.train"):
+        main(sys.argv[1:])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -151,6 +152,19 @@ class FerTrainer(Trainer):
             safetensors.torch.save_file(raw, folder / TRAINING_WEIGHTS_FILE, metadata={"format": "pt"})
         with self._ema_weights():
             super()._save_checkpoint(model, trial)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # Saved into a folder beside, then each file renamed into place: a kill while saving leaves every file of
+        # output_dir whole (the previous version or the new one), never a half-written model.safetensors.
+        output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
+        if not self.args.should_save:
+            return super()._save(output_dir, state_dict)  # other ranks still join the gathers of a sharded model
+        staging = output_dir / f".saving-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        super()._save(os.fspath(staging), state_dict)
+        for item in sorted(staging.iterdir()):
+            os.replace(item, output_dir / item.name)
+        staging.rmdir()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)  # model.safetensors: the EMA weights, if any

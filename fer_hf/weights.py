@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import timm
 import torch
+
+from fer_hf.run_dir import replace_folder
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +122,7 @@ def materialise(key: str, output_dir: str | os.PathLike) -> Path:
     config["model_args"] = {k: v for k, v in (config.get("model_args") or {}).items() if k != "num_classes"}
     config_path.write_text(json.dumps(config, indent=2))
     # Written beside and renamed, so a folder with config.json is always complete.
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    partial.rename(output_dir)
+    replace_folder(partial, output_dir)
     logger.info("Wrote %s (%s, %s)", output_dir, SOURCES[key].origin, SOURCES[key].licence)
     return output_dir
 

@@ -99,6 +99,17 @@ def fer2013(fer2013_path, tmp_path_factory):
     return load_fer2013(str(fer2013_path), cache_dir=tmp_path_factory.mktemp("fer_cache"))
 
 
+# Eileen Collins' face in scikit-image's astronaut.png (512x512), as x, y, w, h.
+ASTRONAUT_FACE = (177, 67, 93, 93)
+
+
+def center_inside(box, reference=ASTRONAUT_FACE, scale=1.0) -> bool:
+    """The box's centre lies in `reference` and its side is about the reference's (box divided by `scale` first)."""
+    x, y, w, h = (v / scale for v in box)
+    rx, ry, rw, rh = reference
+    return rx <= x + w / 2 <= rx + rw and ry <= y + h / 2 <= ry + rh and 0.6 * rw <= w <= 1.8 * rw
+
+
 TINY_TRAIN_ARGS = [
     "--model_name_or_path", "resnet18", "--pretrained", "false", "--dataset", "synthetic",
     "--synthetic_train_size", "700", "--synthetic_eval_size", "140", "--image_size", "48",

@@ -10,23 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import require_module
+from conftest import center_inside, require_module
 from fer_hf.inference.faces import HaarFaceDetector
 from fer_hf.inference.images import ImageReadError, read_image
 from fer_hf.labels import LABEL_NAMES
 from fer_hf.predict import main
 
 skimage_data = require_module("skimage.data", "sample photos: pip install -e .[dev]")
-
-# Eileen Collins' face in scikit-image's astronaut.png (512x512), as x, y, w, h.
-ASTRONAUT_FACE = (177, 67, 93, 93)
-
-
-def _center_inside(box, reference=ASTRONAUT_FACE, scale=1.0):
-    x, y, w, h = (v / scale for v in box)
-    rx, ry, rw, rh = reference
-    return rx <= x + w / 2 <= rx + rw and ry <= y + h / 2 <= ry + rh and 0.6 * rw <= w <= 1.8 * rw
-
 
 @pytest.fixture(scope="module")
 def astronaut() -> np.ndarray:
@@ -65,7 +55,7 @@ def photos(tmp_path_factory, astronaut) -> Path:
 def test_detector_finds_the_real_face_and_none_where_there_is_none(astronaut):
     detector = HaarFaceDetector()
     boxes = detector.detect(np.asarray(Image.fromarray(astronaut).convert("L")))
-    assert len(boxes) == 1 and _center_inside(boxes[0])
+    assert len(boxes) == 1 and center_inside(boxes[0])
     for name in ("coffee", "chelsea", "rocket", "brick"):
         image = getattr(skimage_data, name)()
         gray = image if image.ndim == 2 else np.asarray(Image.fromarray(image).convert("L"))
@@ -90,7 +80,7 @@ def test_predict_folder_json_with_every_kind_of_input(trained_run, photos, tmp_p
         assert record["error"] is None, record
         assert len(record["faces"]) == 1, record
         face = record["faces"][0]
-        assert _center_inside(face["box"]), (name, face["box"])  # EXIF rotation respected: upright coordinates
+        assert center_inside(face["box"]), (name, face["box"])  # EXIF rotation respected: upright coordinates
         assert face["label"] in LABEL_NAMES
         assert list(face["scores"]) == list(LABEL_NAMES)
         assert sum(face["scores"].values()) == pytest.approx(1, abs=1e-3)
@@ -143,7 +133,7 @@ def test_huge_images_are_reduced_or_refused_with_bounded_memory(tmp_path, astron
     loaded = read_image(tmp_path / "big.jpg", max_megapixels=3)  # 9.4 MP: decoded at 1/2 by libjpeg
     assert loaded.original_size == (3072, 3072) and loaded.rgb.shape == (1536, 1536, 3)
     (box,) = HaarFaceDetector().detect(loaded.gray)
-    assert _center_inside([v * loaded.scale for v in box], scale=6.0)  # reported in the file's pixels
+    assert center_inside([v * loaded.scale for v in box], scale=6.0)  # reported in the file's pixels
     big.resize((2048, 2048)).save(tmp_path / "big.png")
     with pytest.raises(ImageReadError, match=r"big\.png: 2048x2048 pixels .* over the 3 MP limit"):
         read_image(tmp_path / "big.png", max_megapixels=3)

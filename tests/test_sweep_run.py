@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from fer_hf.sweep.__main__ import main as sweep_main
-from fer_hf.sweep.runner import SweepFolder, TrialRecord
+from fer_hf.sweep.runner import SweepFolder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,15 +43,21 @@ def test_local_runner_runs_a_grid_ranks_plots_and_resumes(tmp_path, capsys):
     out = tmp_path / "sweep"
     argv = [str(sweep_file), "--output_dir", str(out), *TINY_TRIAL]
 
-    # the first run stops after two trials; a third was running when it was killed
-    sweep_main([*argv, "--max_runs", "2"])
+    # the first run is killed (the runner and its trial, as a closed terminal would) while its third trial runs
+    process = subprocess.Popen([sys.executable, "-m", "fer_hf.sweep", *argv], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = SweepFolder(out)
+    deadline = time.monotonic() + 600
+    while not ((records := folder.load()).get(2) and records[2].status == "running"
+               and (out / "trial-002" / "train.log").is_file()):
+        assert process.poll() is None and time.monotonic() < deadline, "the sweep ended before it was killed"
+        time.sleep(0.2)
+    time.sleep(1.0)  # the trial is training now
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
     records = folder.load()
-    assert [r.status for r in records.values()] == ["finished", "finished"]
-    records[2] = TrialRecord(2, {"learning_rate": 1.0, "weight_decay": 0.0}, status="running")
-    folder.save(records)
-    (out / "trial-002").mkdir()
-    (out / "trial-002" / "partial.txt").write_text("left by the killed run")
+    assert [r.status for r in records.values()] == ["finished", "finished", "running"]
+    (out / "trial-002" / "partial.txt").write_text("what the killed trial left")
     kept = {name: (out / name / "train.log").stat().st_mtime_ns for name in ("trial-000", "trial-001")}
     capsys.readouterr()
 

@@ -102,6 +102,14 @@ def test_two_processes_make_one_run(tmp_path):
     assert sorted(p.name for p in output_dir.glob("*_results.json")) == [
         "all_results.json", "eval_results.json", "test_results.json", "train_results.json"]
     assert (done.stdout + done.stderr).count("***** test metrics *****") == 1  # only the main process reports
+    # The same weights evaluated by one process give the two processes' test-split figures.
+    from fer_hf.data.load import load_fer2013
+    from fer_hf.inference.classifier import evaluate_model, load_classifier
+
+    test = load_fer2013("synthetic", synthetic_train_size=128, synthetic_eval_size=71, seed=0)["test"]
+    alone = evaluate_model(load_classifier(output_dir, device="cpu"), test["image"], test["label"])["plain"]
+    assert alone["accuracy"] == pytest.approx(results["test_accuracy"])
+    assert alone["f1"] == pytest.approx(results["test_f1"])
 
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1  # only the main process logs: one W&B run

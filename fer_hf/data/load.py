@@ -15,6 +15,7 @@ modification time, so later loads memory-map Arrow files instead of parsing agai
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import os
@@ -71,7 +72,8 @@ def load_fer2013(
         if path.suffix.lower() == ".csv":
             return _cached(path, "csv", skip_bad_rows, cache_dir, lambda: _parse_csv(path, skip_bad_rows))
         if path.suffix.lower() == ".npz":
-            return _cached(path, "npz", skip_bad_rows, cache_dir, lambda: _from_arrays(*_read_npz(path)))
+            return _cached(path, "npz", skip_bad_rows, cache_dir,
+                           lambda: _from_arrays(*_read_npz(path), source=path))
         raise FerDataError(f"{path}: unsupported file type {path.suffix!r}; give fer2013.csv, fer2013.npz, a folder.")
     if path.is_dir():
         for name in ("fer2013.npz", "fer2013.csv"):
@@ -126,66 +128,78 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _parse_csv(path: Path, skip_bad_rows: bool) -> DatasetDict:
-    import pandas as pd
-
     if path.stat().st_size == 0:
         raise FerDataError(f"{path}: the file is empty; expected fer2013.csv with columns {', '.join(CSV_COLUMNS)}.")
     arrays = _read_csv_fast(path)
     if arrays is not None:
-        return _from_arrays(*arrays)
-    # Anything the byte-level reader does not vouch for (quotes, odd spacing, bad rows...) is read here, row by row
-    # where needed, so that every problem is found and named.
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError as err:
-        raise FerDataError(f"{path}: the file is empty or has no header ({err}).") from err
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise FerDataError(f"{path}: not a readable CSV ({err}).") from err
-    frame.columns = [c.strip() for c in frame.columns]
-    missing = [c for c in CSV_COLUMNS if c not in frame.columns]
-    if missing:
-        raise FerDataError(
-            f"{path}: missing column(s) {missing}; found {list(frame.columns)}. "
-            "The Kaggle fer2013.csv has the header emotion,pixels,Usage."
-        )
-    if frame.empty:
-        raise FerDataError(f"{path}: the CSV has a header but no rows.")
-
-    pixels = _parse_pixel_strings(frame["pixels"].tolist())
-    bad: dict[int, str] = {}
+        return _from_arrays(*arrays, source=path)
+    # Anything the byte-level reader does not vouch for (a BOM, CRLF, quotes, odd spacing, bad rows...) is read here
+    # row by row, so that every problem is found and named by its line in the file.
+    rows, bad = _read_csv_rows(path)
+    pixels = _parse_pixel_strings([row[1] for row in rows])
     if pixels is None:  # the fast path found a malformed row somewhere: find each one and say what is wrong
-        pixels = np.zeros((len(frame), NUM_PIXELS), np.uint8)
-        for i, text in enumerate(frame["pixels"]):
-            row, problem = _parse_one_pixel_string(text)
+        pixels = np.zeros((len(rows), NUM_PIXELS), np.uint8)
+        for i, (line, text, _, _) in enumerate(rows):
+            value, problem = _parse_one_pixel_string(text)
             if problem:
-                bad[i] = problem
+                bad.setdefault(line, problem)
             else:
-                pixels[i] = row
-    labels = np.full(len(frame), -1, np.int64)
-    for i, text in enumerate(frame["emotion"]):
+                pixels[i] = value
+    labels = np.full(len(rows), -1, np.int64)
+    usage = np.array([row[3].strip() for row in rows], dtype=object)
+    for i, (line, _, emotion, _) in enumerate(rows):
         try:
-            labels[i] = int(text)
+            labels[i] = int(emotion)
         except ValueError:
             pass
         if not 0 <= labels[i] < len(LABEL_NAMES):
-            bad.setdefault(i, f"emotion {text!r} is not an integer label in 0-{len(LABEL_NAMES) - 1}")
-    usage = frame["Usage"].str.strip().to_numpy()
-    for i in np.flatnonzero(~np.isin(usage, list(USAGE_TO_SPLIT))):
-        bad.setdefault(int(i), f"Usage {usage[i]!r} is not one of {', '.join(USAGE_TO_SPLIT)}")
+            bad.setdefault(line, f"emotion {emotion!r} is not an integer label in 0-{len(LABEL_NAMES) - 1}")
+        if usage[i] not in USAGE_TO_SPLIT:
+            bad.setdefault(line, f"Usage {usage[i]!r} is not one of {', '.join(USAGE_TO_SPLIT)}")
 
     if bad:
-        # Row numbers are 1-based file lines (the header is line 1) so they can be found in an editor.
         first = sorted(bad)[:5]
-        described = "; ".join(f"line {i + 2}: {bad[i]}" for i in first)
+        described = "; ".join(f"line {line}: {bad[line]}" for line in first)
         if not skip_bad_rows:
             raise FerDataError(
                 f"{path}: {len(bad)} malformed row(s) — {described}"
                 f"{' …' if len(bad) > len(first) else ''}. Fix the file, or pass --skip_bad_rows to drop such rows."
             )
         logger.warning("%s: skipped %d malformed row(s) — %s", path, len(bad), described)
-        keep = np.setdiff1d(np.arange(len(frame)), np.fromiter(bad, int))
+        keep = np.array([row[0] not in bad for row in rows], dtype=bool)
         pixels, labels, usage = pixels[keep], labels[keep], usage[keep]
-    return _from_arrays(pixels.reshape(-1, IMAGE_SIZE, IMAGE_SIZE), labels, usage)
+    return _from_arrays(pixels.reshape(-1, IMAGE_SIZE, IMAGE_SIZE), labels, usage.astype(str), source=path)
+
+
+def _read_csv_rows(path: Path) -> tuple[list[tuple[int, str, str, str]], dict[int, str]]:
+    """The data rows of a CSV as (file line, pixels, emotion, Usage), and {line: problem} for rows whose number of
+    fields is wrong; blank lines are skipped. Lines are 1-based (the header is line 1), as an editor shows them."""
+    # utf-8-sig drops a byte-order mark; undecodable bytes become U+FFFD, so the row that holds them is named as bad.
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as file:
+        reader = csv.reader(file)
+        try:
+            header = [name.strip() for name in next(reader, [])]
+            if not any(header):
+                raise FerDataError(f"{path}: the file has no header; expected {','.join(CSV_COLUMNS)}.")
+            missing = [name for name in CSV_COLUMNS if name not in header]
+            if missing:
+                raise FerDataError(f"{path}: missing column(s) {missing}; found {header}. The Kaggle fer2013.csv has "
+                                   f"the header {','.join(CSV_COLUMNS)}.")
+            where = [header.index(name) for name in ("pixels", "emotion", "Usage")]
+            rows, bad = [], {}
+            line = reader.line_num + 1
+            for fields in reader:
+                if any(field.strip() for field in fields):
+                    if len(fields) != len(header):
+                        bad[line] = f"{len(fields)} field(s), expected {len(header)} ({','.join(header)})"
+                    else:
+                        rows.append((line, *(fields[i] for i in where)))
+                line = reader.line_num + 1  # a quoted field may span lines: the next record starts after them
+        except csv.Error as err:  # e.g. an unclosed quote that swallows the rest of the file
+            raise FerDataError(f"{path}: line {line}: not readable as CSV ({err}).") from err
+    if not rows and not bad:
+        raise FerDataError(f"{path}: the CSV has a header but no rows.")
+    return rows, bad
 
 
 def _parse_pixel_strings(texts: list[str], rows_per_block: int = 2048) -> np.ndarray | None:
@@ -205,7 +219,9 @@ def _parse_pixel_block(texts: list[str]) -> np.ndarray | None:
     raw = np.frombuffer(joined.encode("ascii", errors="replace"), dtype=np.uint8)
     # Count single spaces per row from the bytes: cheap, and any odd spacing sends the row to the careful path.
     row_starts = np.concatenate([[0], np.flatnonzero(raw == ord("\n")) + 1])
-    spaces = np.add.reduceat((raw == ord(" ")).astype(np.int32), row_starts) if raw.size else np.zeros(1, np.int32)
+    if raw.size == 0 or row_starts[-1] >= raw.size:  # an empty last row (reduceat would index past the end)
+        return None
+    spaces = np.add.reduceat((raw == ord(" ")).astype(np.int32), row_starts)
     if len(row_starts) != len(texts) or np.any(spaces != NUM_PIXELS - 1):
         return None
     if np.any((raw != ord(" ")) & (raw != ord("\n")) & ((raw < ord("0")) | (raw > ord("9")))):
@@ -222,8 +238,8 @@ def _read_csv_fast(path: Path, block_bytes: int = 1 << 20) -> tuple[np.ndarray, 
     pandas would hold every 8 KB pixel string as a Python object (several GB for the 301 MB file); here the file is
     read in blocks of whole lines and each block is checked and parsed with a few array passes (blocks of about
     1 MB stay in the CPU cache). Only the exact layout `emotion,pixels,Usage` with a one-digit label, 2304
-    single-space-separated integers and a known Usage is accepted; any other file goes to the pandas reader, which
-    names what is wrong.
+    single-space-separated integers and a known Usage is accepted; any other file goes to the row-by-row reader,
+    which names what is wrong.
     """
     with path.open("rb") as file:
         header = file.readline().decode("utf-8", errors="replace")
@@ -439,12 +455,13 @@ def _normalise_hub(raw: DatasetDict, dataset_id: str, validation_fraction: float
 # ----------------------------------------------------------------------------------------------------- helpers
 
 
-def _from_arrays(pixels: np.ndarray, labels: np.ndarray, usage: np.ndarray) -> DatasetDict:
+def _from_arrays(pixels: np.ndarray, labels: np.ndarray, usage: np.ndarray, source: Path) -> DatasetDict:
     splits = {}
     for usage_name, split in USAGE_TO_SPLIT.items():
         rows = np.flatnonzero(usage == usage_name)
         if len(rows) == 0:
-            raise FerDataError(f"no rows with Usage {usage_name!r} ({split} split); every split must be present.")
+            raise FerDataError(f"{source}: no rows with Usage {usage_name!r} ({split} split); every split must be "
+                               f"present.")
         splits[split] = _to_dataset(pixels[rows], labels[rows])
     return DatasetDict(splits)
 

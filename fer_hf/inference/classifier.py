@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
-from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+from transformers import TimmWrapperConfig
 
 from fer_hf.data.transforms import eval_transform, image_mode
 from fer_hf.metrics import classification_report
-from fer_hf.modeling import DEFAULT_MODEL_DIR, image_processor_for
+from fer_hf.modeling import DEFAULT_MODEL_DIR, image_processor_for, load_saved_model
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +75,9 @@ def load_classifier(
     if onnx_path is not None:
         return _load_onnx(Path(onnx_path), model_dir)
     model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{model_dir}: not a saved model folder (no config.json); give the output_dir of `fer_hf.train` or a "
-            "checkpoint-* folder inside it."
-        )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     # fp32 whatever the stored dtype: the shipped model keeps fp16 weights to stay small.
-    model = TimmWrapperForImageClassification.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    model = load_saved_model(model_dir, dtype=torch.float32).to(device)
 
     @torch.inference_mode()
     def run(pixel_values: np.ndarray) -> np.ndarray:

@@ -58,8 +58,11 @@ class LoadedImage:
 def list_images(folder: str | os.PathLike) -> tuple[list[Path], int]:
     """Image files under `folder` (recursively, sorted, hidden files skipped) and how many other files were skipped."""
     images, skipped = [], 0
+    # rglob does not descend into symbolic links to folders, so a link loop cannot recurse forever.
     for path in sorted(Path(folder).rglob("*")):
-        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if path.is_dir() or not (path.is_file() or path.is_symlink()):  # a broken link is listed: read_image names it
             continue
         if path.suffix.lower() in IMAGE_SUFFIXES:
             images.append(path)
@@ -76,6 +79,8 @@ def read_image(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGA
     """
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise ImageReadError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist.")
         raise ImageReadError(f"{path}: no such file or folder; check the path.")
     if path.is_dir():
         raise ImageReadError(f"{path}: is a folder, not an image.")
@@ -89,11 +94,18 @@ def read_image(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGA
             image = Image.open(path)
         with image:
             width, height = image.size
-            orientation = image.getexif().get(ORIENTATION_TAG, 1)
+            _refuse_scrambled_tiff(image, path)
             if width * height > max_pixels:
                 _reduce_on_decode(image, path, max_pixels, max_megapixels)
             image.load()
-            image = ImageOps.exif_transpose(image)  # phone photos are stored sideways with an Orientation tag
+            decoded = image.size
+            # Phone photos are stored sideways with an EXIF Orientation tag. Pillow's TIFF loader applies the tag
+            # itself (and drops it); turning such an image again would undo that.
+            if image.getexif().get(ORIENTATION_TAG, 1) != 1 and not (
+                image.format == "TIFF" and ORIENTATION_TAG not in getattr(image, "tag_v2", {})
+            ):
+                image = ImageOps.exif_transpose(image)  # a copy: only made for the photos that need turning
+            rotated = image.size == decoded[::-1] != decoded
             rgb = _to_rgb8(image)
     except ImageReadError:
         raise
@@ -113,11 +125,29 @@ def read_image(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGA
         raise ImageReadError(
             f"{path}: the image is truncated or corrupt ({type(err).__name__}: {err}); download or export it again."
         ) from err
-    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: width and height swap
+    if rotated:  # by 90 degrees: width and height swap
         width, height = height, width
     if max(rgb.shape[:2]) > WORKING_SIDE:
         rgb = resize_to_side(rgb, WORKING_SIDE)
     return LoadedImage(path=str(path), rgb=rgb, original_size=(width, height))
+
+
+# Modes whose sideways-stored TIFFs (EXIF orientation 5-8) Pillow 13 decodes correctly; for the others its TIFF
+# loader returns scrambled pixels (found by tests/test_hostile_inputs.py).
+_TIFF_MODES_ROTATED_RIGHT = {"RGB", "LA", "1", "I", "F"}
+
+
+def _refuse_scrambled_tiff(image: Image.Image, path: Path) -> None:
+    if image.format != "TIFF" or image.mode in _TIFF_MODES_ROTATED_RIGHT:
+        return
+    orientation = getattr(image, "tag_v2", {}).get(ORIENTATION_TAG, 1)
+    if orientation in (5, 6, 7, 8):
+        import PIL
+
+        raise ImageReadError(
+            f"{path}: a {image.mode} TIFF stored sideways (EXIF orientation {orientation}), which Pillow "
+            f"{PIL.__version__} decodes into scrambled pixels; save it as PNG or JPEG first."
+        )
 
 
 def _reduce_on_decode(image: Image.Image, path: Path, max_pixels: int, max_megapixels: float) -> None:
@@ -153,7 +183,7 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
 
 
 def resize_to_side(array: np.ndarray, side: int) -> np.ndarray:

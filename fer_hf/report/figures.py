@@ -20,7 +20,14 @@ matplotlib.use("Agg")  # figures are files; never open a window (servers, CI, DD
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fer_hf.run_dir import ACCURACY_FIGURE, LOSS_FIGURE, confusion_file, find_trainer_state, step_of  # noqa: E402
+from fer_hf.run_dir import (  # noqa: E402
+    ACCURACY_FIGURE,
+    LOSS_FIGURE,
+    confusion_file,
+    find_trainer_state,
+    step_of,
+    write_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +40,8 @@ def save_split_report(
     out = Path(output_dir)
     name = f"{split}_tta_{tta}" if tta else split
     path = out / confusion_file(name)
-    path.write_text(json.dumps({"split": split, "tta": tta, "labels": list(label_names),
-                                "matrix": report["confusion_matrix"], "per_class": report["per_class"]}, indent=2))
+    write_atomic(path, json.dumps({"split": split, "tta": tta, "labels": list(label_names),
+                                   "matrix": report["confusion_matrix"], "per_class": report["per_class"]}, indent=2))
     total = sum(sum(row) for row in report["confusion_matrix"])
     title = f"FER-2013 {split}{f', TTA {tta}' if tta else ''} — accuracy {100 * report['accuracy']:.2f}% (n={total})"
     plot_confusion_matrix(report["confusion_matrix"], label_names, title, out / confusion_file(name, "png"))

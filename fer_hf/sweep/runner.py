@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fer_hf.config import parse_args
-from fer_hf.run_dir import checkpoints, read_results, read_trainer_state
+from fer_hf.run_dir import OutputDirError, checkpoints, exclusive, read_results, read_trainer_state, write_atomic
 from fer_hf.sweep.search import Observation, Planner
 from fer_hf.sweep.spec import SweepConfigError, SweepSpec, base_recipe, build_command, local_metric, train_argv
 
@@ -86,19 +86,11 @@ class SweepFolder:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold DIR for this process: two runners on one folder would run the same trials."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".lock", "w") as handle:
-            try:
-                import fcntl
-
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except ImportError:  # not on POSIX: no lock, the user keeps to one runner per folder
-                pass
-            except OSError as error:
-                raise SweepConfigError(str(self.directory), [
-                    "another `python -m fer_hf.sweep` is running in this folder; wait for it or pick another "
-                    "--output_dir"]) from error
-            yield
+        try:
+            with exclusive(self.directory, "python -m fer_hf.sweep"):
+                yield
+        except OutputDirError as error:
+            raise SweepConfigError(str(self.directory), [f"{error}"]) from error
 
     def claim(self, identity: dict[str, Any]) -> None:
         """Mark DIR as this sweep's; refuse a folder that holds another sweep's results."""
@@ -111,7 +103,7 @@ class SweepFolder:
                     f"{recorded.get('sweep_file')} was run here); pass another --output_dir, or delete the folder to "
                     f"start over"])
         else:
-            self.identity_path.write_text(json.dumps(identity, indent=2) + "\n")
+            write_atomic(self.identity_path, json.dumps(identity, indent=2) + "\n")
 
     def load(self) -> dict[int, TrialRecord]:
         if not self.results_path.is_file():
@@ -129,10 +121,7 @@ class SweepFolder:
         return records
 
     def save(self, records: dict[int, TrialRecord]) -> None:
-        text = "".join(records[index].to_json() + "\n" for index in sorted(records))
-        temporary = self.results_path.with_suffix(".jsonl.tmp")
-        temporary.write_text(text)
-        os.replace(temporary, self.results_path)  # atomic: a kill never leaves half a file
+        write_atomic(self.results_path, "".join(records[index].to_json() + "\n" for index in sorted(records)))
 
 
 def effective_cap(spec: SweepSpec, max_runs: int | None, grid_size: int | None) -> int:
