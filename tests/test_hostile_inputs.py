@@ -543,3 +543,16 @@ def test_any_recipe_parses_or_is_refused_with_a_message(recipe):
             assert str(error), recipe
             if unknown:
                 assert "recipe.yaml: unknown argument(s)" in str(error)
+
+
+def test_contradictory_options_are_refused_before_the_first_step(tmp_path):
+    from fer_hf.config import parse_args
+
+    base = ["--output_dir", str(tmp_path), "--report_to", "none", "--load_best_model_at_end", "true"]
+    with pytest.raises(ValueError, match="load_best_model_at_end requires the save and eval strategy to match"):
+        parse_args([*base, "--eval_strategy", "epoch", "--save_strategy", "steps"])
+    with pytest.raises(ValueError, match="saving steps to be a round multiple of the evaluation steps"):
+        parse_args([*base, "--eval_strategy", "steps", "--save_strategy", "steps", "--eval_steps", "3",
+                    "--save_steps", "5"])
+    with pytest.raises(ValueError, match="--eval_split test"):
+        parse_args([*base, "--eval_strategy", "epoch", "--save_strategy", "epoch", "--eval_split", "test"])
