@@ -17,6 +17,7 @@ from timm.models import adapt_input_conv, get_pretrained_cfg, split_model_name_t
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, TimmWrapperImageProcessor
 
 from fer_hf.labels import id2label, label2id
+from fer_hf.run_dir import CONFIG_FILE, WEIGHTS_FILE
 from fer_hf.weights import resolve, timm_name
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def load_saved_model(model_dir: str | os.PathLike, dtype: torch.dtype = torch.fl
     from safetensors import SafetensorError, safe_open
 
     model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
+    config_path = model_dir / CONFIG_FILE
     if not config_path.is_file():
         raise ModelFolderError(f"{model_dir}: not a saved model folder (no config.json); give the output_dir of "
                                f"`fer_hf.train` or a checkpoint-* folder inside it.")
@@ -68,7 +69,7 @@ def load_saved_model(model_dir: str | os.PathLike, dtype: torch.dtype = torch.fl
     if names != list(id2label().values()) or config.get("num_classes", len(names)) != len(names):
         raise ModelFolderError(f"{model_dir}: its labels are {names}, not FER-2013's {list(id2label().values())}; "
                                f"fer_hf models classify the seven FER-2013 expressions in that order.")
-    weights = model_dir / "model.safetensors"
+    weights = model_dir / WEIGHTS_FILE
     if weights.is_file():
         try:
             with safe_open(str(weights), framework="pt") as handle:
@@ -134,7 +135,7 @@ def load_timm_model(model_dir: str | os.PathLike) -> torch.nn.Module:
     model = timm.create_model(
         config.architecture, pretrained=False, num_classes=config.num_labels, **(config.model_args or {})
     )
-    state = load_file(str(Path(model_dir) / "model.safetensors"))
+    state = load_file(str(Path(model_dir) / WEIGHTS_FILE))
     model.load_state_dict({k.removeprefix(WRAPPER_PREFIX): v for k, v in state.items()})
     model.pretrained_cfg = dict(config.pretrained_cfg)
     return model.eval()

@@ -16,7 +16,7 @@ import re
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -80,37 +80,30 @@ def replace_folder(partial: str | os.PathLike, target: str | os.PathLike) -> Pat
     return target
 
 
-def hold(directory: str | os.PathLike, holder: str) -> IO[str]:
-    """Hold `directory` for this process: an advisory lock on DIR/.lock, kept while the returned handle is open and
-    released when the process ends, even by a kill. A second `holder` started on the same folder gets
-    `OutputDirError` instead of interleaving its files with this one's."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = open(directory / LOCK_FILE, "a+")
-    try:
-        import fcntl
-
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:  # not POSIX: no lock; the user keeps to one process per folder
-        pass
-    except OSError as error:
-        handle.seek(0)
-        other = handle.read().strip() or "another process"
-        handle.close()
-        raise OutputDirError(f"{directory}: {other} is already writing here; wait for it to finish, or pick "
-                             f"another output folder.") from error
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{holder} (pid {os.getpid()})")
-    handle.flush()
-    return handle
-
-
 @contextlib.contextmanager
 def exclusive(directory: str | os.PathLike, holder: str) -> Iterator[Path]:
-    """`hold(directory, holder)` for the duration of a `with` block."""
-    with hold(directory, holder):
-        yield Path(directory)
+    """Hold `directory` for this process while the block runs: an advisory lock on DIR/.lock, released when the block
+    ends or the process dies, even by a kill. A folder that cannot take a file fails here (`check_writable`), and a
+    second `holder` started on the same folder gets `OutputDirError` instead of interleaving its files."""
+    directory = Path(directory)
+    check_writable(directory)
+    with open(directory / LOCK_FILE, "a+") as handle:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no lock; the user keeps to one process per folder
+            pass
+        except OSError as error:
+            handle.seek(0)
+            other = handle.read().strip() or "another process"
+            raise OutputDirError(f"{directory}: {other} is already writing here; wait for it to finish, or pick "
+                                 f"another output folder.") from error
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{holder} (pid {os.getpid()})")
+        handle.flush()
+        yield directory
 
 
 def run_info(command: list[str], dataset: str) -> dict[str, Any]:

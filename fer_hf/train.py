@@ -84,8 +84,7 @@ def run(model_args, data_args, training_args, command: list[str]) -> dict[str, f
     elif checkpoints(training_args.output_dir):
         logger.warning("%s already holds checkpoints of an earlier run; this run starts afresh beside them. To "
                        "continue that run instead, pass --resume_from_checkpoint last.", training_args.output_dir)
-    output_dir = Path(training_args.output_dir)
-    check_writable(output_dir)  # now, not after hours of training
+    output_dir = Path(training_args.output_dir)  # writable: `exclusive` in main checked it
     if training_args.should_save:
         write_atomic(output_dir / RUN_INFO_FILE, json.dumps(run_info(command, data_args.dataset), indent=2) + "\n")
     # `with_transform` hands Trainer an `image` column the model does not take; keep it for the transform.

@@ -23,7 +23,7 @@ from fer_hf.run_dir import (
     RUN_INFO_FILE,
     OutputDirError,
     check_writable,
-    hold,
+    exclusive,
     replace_folder,
     run_info,
     write_atomic,
@@ -128,13 +128,13 @@ def test_killing_a_real_training_run_at_random_moments_leaves_no_half_written_fi
     assert moments, "every run finished before its kill; the moments are too late"
     assert not found, found
     # The next run still starts: the lock died with the killed process.
-    with hold(output_dir, "test"):
+    with exclusive(output_dir, "test"):
         pass
 
 
 def test_a_second_training_into_the_same_output_dir_is_refused(tmp_path):
     output_dir = tmp_path / "run"
-    with hold(output_dir, "fer_hf.train"):
+    with exclusive(output_dir, "fer_hf.train"):
         with pytest.raises(OutputDirError, match=r"run: fer_hf.train \(pid \d+\) is already writing here"):
             train([*TINY_TRAIN_ARGS, "--output_dir", str(output_dir)])
     assert not (output_dir / RUN_INFO_FILE).exists()  # refused before writing anything
@@ -145,6 +145,8 @@ def test_an_unwritable_or_full_output_dir_is_reported_before_training(tmp_path, 
     blocker.write_text("not a folder")
     with pytest.raises(OutputDirError, match=r"a_file/run: cannot write here"):
         check_writable(blocker / "run")
+    with pytest.raises(OutputDirError, match=r"a_file/run: cannot write here"):  # what train meets first
+        train([*TINY_TRAIN_ARGS, "--output_dir", str(blocker / "run")])
 
     import shutil
 
@@ -163,7 +165,8 @@ def test_the_run_folder_records_what_reproducing_it_needs(trained_run, tmp_path)
     assert all(info["libraries"][name] for name in ("torch", "timm", "transformers", "datasets", "fer_hf"))
     assert info["data"] == {"source": "synthetic"}
     assert (info["git_commit"] is None) == (not (Path(__file__).parents[1] / ".git").exists())
-    assert not (trained_run / LOCK_FILE).exists() or os.stat(trained_run / LOCK_FILE).st_size >= 0
+    with exclusive(trained_run, "test"):  # the finished run released its folder
+        assert (trained_run / LOCK_FILE).read_text().startswith("test (pid ")
 
     data = tmp_path / "fer2013.csv"
     data.write_bytes(b"emotion,pixels,Usage\n" * 1000)
