@@ -153,8 +153,9 @@ def check_writable(directory: str | os.PathLike, needed_bytes: int = 0) -> None:
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        write_atomic(directory / ".write_test", b"ok")
-        (directory / ".write_test").unlink()
+        probe = directory / f".write_test.{os.getpid()}"  # per process: the ranks of one run check at once
+        write_atomic(probe, b"ok")
+        probe.unlink()
     except OSError as error:
         raise OutputDirError(f"{directory}: cannot write here ({error.strerror or error}); pick another "
                              f"--output_dir.") from error
