@@ -14,6 +14,13 @@ SPLIT_TO_USAGE: dict[str, str] = {split: usage for usage, split in USAGE_TO_SPLI
 
 IMAGE_SIZE = 48  # FER-2013 faces are 48x48 grayscale
 
+# FER+ (microsoft/FERPlus, fer2013new.csv): ten annotators per FER-2013 image voted over these columns, in this order.
+FERPLUS_COLUMNS: tuple[str, ...] = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
+                                    "contempt", "unknown", "NF")
+# The FER+ classes that are FER-2013 classes; contempt, unknown and NF (not a face) have no FER-2013 counterpart.
+FERPLUS_TO_LABEL: dict[str, str] = {"neutral": "neutral", "happiness": "happy", "surprise": "surprise",
+                                    "sadness": "sad", "anger": "angry", "disgust": "disgust", "fear": "fear"}
+
 # Image files the folder loader and `predict` collect; anything else in a folder (.txt, .json, .DS_Store, videos) is
 # skipped, not an error.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm",

@@ -12,16 +12,17 @@ VIDEO_SUFFIXES = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"
 WRITABLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
-def draw_faces(rgb: np.ndarray, faces: list[dict], scale: float = 1.0) -> np.ndarray:
-    """A copy of `rgb` with each face's box and top label (boxes given in file pixels, drawn at 1/`scale`)."""
+def draw_faces(rgb: np.ndarray, faces: list[dict], scale: float = 1.0, numbered: bool = False) -> np.ndarray:
+    """A copy of `rgb` with each face's box and top label (boxes given in file pixels, drawn at 1/`scale`); with
+    `numbered`, the label starts with the face's number (1, 2, ...) so that a page can refer to it."""
     import cv2
 
     canvas = np.ascontiguousarray(rgb.copy())
     thickness = max(1, round(max(canvas.shape[:2]) / 400))
     font_scale = max(0.4, max(canvas.shape[:2]) / 1200)
-    for face in faces:
+    for number, face in enumerate(faces, start=1):
         x, y, w, h = (round(v / scale) for v in face["box"])
-        text = f"{face['label']} {face['scores'][face['label']]:.2f}"
+        text = f"{number}: " * numbered + f"{face['label']} {face['scores'][face['label']]:.2f}"
         cv2.rectangle(canvas, (x, y), (x + w, y + h), (0, 220, 0), thickness)
         (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
         top = max(0, y - th - baseline - 2)

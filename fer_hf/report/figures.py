@@ -14,13 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # figures are files; never open a window (servers, CI, DDP workers)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+# Figures are files: matplotlib's Figure API draws without pyplot, so no window opens (servers, CI, DDP workers) and
+# the caller's backend (a notebook's inline one) is left alone.
+from matplotlib.figure import Figure
 
-from fer_hf.run_dir import (  # noqa: E402
+from fer_hf.run_dir import (
     ACCURACY_FIGURE,
     LOSS_FIGURE,
     confusion_file,
@@ -56,7 +56,8 @@ def plot_confusion_matrix(
     rows = counts.sum(axis=1, keepdims=True)
     percent = np.divide(100 * counts, rows, out=np.zeros_like(counts), where=rows > 0)
     size = max(5.0, 0.9 * len(label_names) + 1.5)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    fig = Figure(figsize=(size, size * 0.85))
+    ax = fig.subplots()
     image = ax.imshow(percent, cmap="Blues", vmin=0, vmax=100)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of true class")
     ticks = np.arange(len(label_names))
@@ -72,7 +73,6 @@ def plot_confusion_matrix(
                     fontsize=7, color=color)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 @dataclass
@@ -130,7 +130,8 @@ def plot_training_curves(run_dir: str | os.PathLike, output_dir: str | os.PathLi
     out = Path(output_dir or run_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     if curves.train_accuracy:
         ax.plot(curves.train_accuracy_steps, [100 * a for a in curves.train_accuracy], label="training accuracy",
                 color="tab:blue", alpha=0.8)
@@ -141,7 +142,8 @@ def plot_training_curves(run_dir: str | os.PathLike, output_dir: str | os.PathLi
     ax.set(xlabel="step", ylabel="accuracy (%)", title="Training and validation accuracy")
     accuracy_path = _finish(fig, ax, out / ACCURACY_FIGURE)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     if curves.train_loss:
         ax.plot(curves.train_steps, curves.train_loss, label="training loss", color="tab:blue", alpha=0.35)
     if curves.eval_loss:
@@ -157,5 +159,4 @@ def _finish(fig, ax, path: Path) -> Path:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -15,14 +15,16 @@ from typing import Any
 
 import matplotlib
 import matplotlib.colors
+import numpy as np
 
-matplotlib.use("Agg")  # figures are files; never open a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+# Figures are files: matplotlib's Figure API draws without pyplot, so no window opens and the caller's backend (a
+# notebook's inline one) is left alone.
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-from fer_hf.run_dir import read_args  # noqa: E402
-from fer_hf.sweep.runner import TrialRecord  # noqa: E402
-from fer_hf.sweep.spec import SweepSpec  # noqa: E402
+from fer_hf.run_dir import read_args
+from fer_hf.sweep.runner import TrialRecord
+from fer_hf.sweep.spec import SweepSpec
 
 AXES = ("learning_rate", "weight_decay")
 _ORDER = {"finished": 0, "failed": 1, "running": 2}
@@ -139,7 +141,8 @@ def plot_results(spec: SweepSpec, records: Sequence[TrialRecord], path: str | os
     heatmap = all(len(lrs) <= 12 and len(wds) <= 8 for lrs, wds in axis_values.values())
     columns = min(len(panels), 3)
     rows = math.ceil(len(panels) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns + 1.2, 3.8 * rows), squeeze=False)
+    fig = Figure(figsize=(4.6 * columns + 1.2, 3.8 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     image = None
     for ax, panel in zip(axes.flat, panels, strict=False):  # spare axes are blanked below
         mine = [p for p in points if p[0] == panel]
@@ -176,7 +179,7 @@ def plot_results(spec: SweepSpec, records: Sequence[TrialRecord], path: str | os
             text = f"{value:.3f}" + (f"\n(best of {counts[i, j]})" if counts[i, j] > 1 else "")
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if goodness > 0.5 else "white")
             if value == best:
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.5))
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2.5))
         ax.set_xticks(range(len(lrs)), labels=[_label(v) for v in lrs])
         ax.set_yticks(range(len(wds)), labels=[_label(v) for v in wds])
         if ax in axes[:, 0]:
@@ -192,7 +195,6 @@ def plot_results(spec: SweepSpec, records: Sequence[TrialRecord], path: str | os
 
 def _save(fig, path: str | os.PathLike) -> Path:
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
     return Path(path)
 
 
@@ -202,9 +204,10 @@ def _plot_bars(spec: SweepSpec, points: list, panels: list[str], norm, cmap: str
     for panel, _, _, value in points:
         if value is not None and (panel not in best_of or spec.better(value, best_of[panel])):
             best_of[panel] = value
-    fig, ax = plt.subplots(figsize=(1.6 * len(panels) + 2.5, 3.8))
+    fig = Figure(figsize=(1.6 * len(panels) + 2.5, 3.8))
+    ax = fig.subplots()
     heights = [best_of.get(panel, np.nan) for panel in panels]
-    colors = [plt.get_cmap(cmap)(norm(h)) if not np.isnan(h) else "0.85" for h in heights]
+    colors = [matplotlib.colormaps[cmap](norm(h)) if not np.isnan(h) else "0.85" for h in heights]
     ax.bar(range(len(panels)), np.nan_to_num(heights), color=colors)
     for x, height in enumerate(heights):
         ax.text(x, 0 if np.isnan(height) else height, "failed" if np.isnan(height) else f"{height:.3f}",

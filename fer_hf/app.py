@@ -1,0 +1,225 @@
+"""A web demo: upload a photo or take one with the webcam; every face is boxed with its top emotion and the seven
+probabilities of the chosen face are shown as bars.
+
+    python -m fer_hf.app                               # the model shipped with fer_hf, http://127.0.0.1:7860
+    python -m fer_hf.app --model outputs/cpu_lite0_80px --port 8000
+    python -m fer_hf.app --model USER/NAME --export_space space/   # a Hugging Face Space folder for a Hub model
+
+The page goes through `fer_hf.inference.demo` (the same face detection, cropping and classifier as `fer_hf.predict`).
+A file that is not a photo, a huge or tiny image, or a photo without a face gets a message on the page, and the app
+goes on serving.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fer_hf import cli
+from fer_hf.inference.classifier import load_classifier
+from fer_hf.inference.demo import Analysis, analyse_file, card_accuracies, describe_accuracies
+from fer_hf.inference.images import DEFAULT_MAX_MEGAPIXELS
+from fer_hf.inference.predictor import FacePredictor
+from fer_hf.modeling import DEFAULT_MODEL_DIR
+from fer_hf.run_dir import replace_folder, write_atomic
+
+logger = logging.getLogger(__name__)
+
+TITLE = "Facial expressions (FER-2013) — fer_hf"
+MAX_UPLOAD = "50mb"  # Gradio refuses larger uploads itself; read_image bounds the decoded size below that
+
+
+@dataclass
+class AppArguments:
+    model: str | None = field(
+        default=None,
+        metadata={"help": "A saved model folder or a Hub model id; default: the model shipped with fer_hf."},
+    )
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on (0.0.0.0: every interface)."})
+    port: int = field(default=7860, metadata={"help": "Port to serve on."})
+    export_space: str | None = field(
+        default=None,
+        metadata={"help": "Write a Hugging Face Space folder (app.py, requirements.txt, README.md, fer_hf/) here that "
+                  "serves --model (a Hub id), then exit."},
+    )
+    max_megapixels: float = field(
+        default=DEFAULT_MAX_MEGAPIXELS, metadata={"help": "Larger photos are decoded reduced (JPEG) or refused."}
+    )
+    examples_dir: str | None = field(
+        default=None, metadata={"help": "Where the example photos are written (default: a temporary folder)."}
+    )
+
+
+# ----------------------------------------------------------------------------------------------------- model
+
+
+def model_folder(model: str | None) -> Path:
+    """A local folder as is; None: the shipped model; anything else: a Hub model id, downloaded (or cached)."""
+    if model is None:
+        return DEFAULT_MODEL_DIR
+    if Path(model).expanduser().is_dir():
+        return Path(model).expanduser()
+    if model.count("/") != 1 or Path(model).suffix:
+        raise FileNotFoundError(f"{model}: no such model folder (nor a Hub id of the form USER/NAME).")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "README.md"]))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise FileNotFoundError(f"{model}: no such model folder, and could not fetch it as a Hub model id ({error}); "
+                                "check the path, or the id and the connection.") from error
+
+
+# ----------------------------------------------------------------------------------------------------- examples
+
+
+def write_examples(folder: Path) -> list[list]:
+    """Example rows [photo, is a cropped face]: scikit-image's real sample photos (a face, no face), and a few
+    PrivateTest faces when the FER-2013 archive is found (FER2013_PATH)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: list[list] = []
+    try:
+        import skimage.data
+
+        for name, picture in (("astronaut", skimage.data.astronaut()), ("coffee", skimage.data.coffee())):
+            path = folder / f"{name}.jpg"
+            Image.fromarray(picture).save(path, quality=92)
+            rows.append([str(path), False])
+    except ImportError:
+        logger.info("scikit-image is not installed: no example photos.")
+    archive = Path(os.environ.get("FER2013_PATH", "fer2013.npz")).expanduser()
+    archive = archive / "fer2013.npz" if archive.is_dir() else archive
+    if archive.suffix == ".npz" and archive.is_file():
+        import numpy as np
+
+        with np.load(archive, allow_pickle=False) as data:
+            test = np.flatnonzero(data["usage"] == "PrivateTest")
+            labels = data["labels"][test]
+            for label in (3, 5, 0):  # happy, surprise, angry: one face each
+                index = test[np.flatnonzero(labels == label)[0]]
+                path = folder / f"privatetest_{index}.png"
+                Image.fromarray(data["pixels"][index]).save(path)
+                rows.append([str(path), True])
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------- page
+
+
+def build_demo(model_dir: Path, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, examples: list[list] | None = None):
+    """The Gradio Blocks app for the model in `model_dir`."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a demo that may run offline
+    import gradio as gr
+
+    classifier = load_classifier(model_dir)
+    predictors = {False: FacePredictor(classifier), True: FacePredictor(classifier, detect=False)}
+    accuracy = describe_accuracies(card_accuracies(model_dir))
+
+    def on_photo(path, is_crop):
+        try:
+            analysis = analyse_file(predictors[bool(is_crop)], path, max_megapixels)
+        except Exception as error:  # the page must keep serving whatever one photo does
+            logger.exception("analysing %s failed", path)
+            analysis = Analysis(None, [], f"Something went wrong with this photo: {error}")
+        names = analysis.face_names()
+        return (analysis.image, analysis.message, gr.update(choices=names, value=names[0] if names else None),
+                analysis.scores(0), analysis.faces)
+
+    def on_choice(index, faces):
+        return Analysis(None, faces or []).scores(index if index is not None else -1)
+
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nModel: `{model_dir.name}` — {accuracy}. Faces are found with OpenCV's Haar cascade, "
+                    "made 48×48 grayscale as in FER-2013 and classified into seven emotions.")
+        faces_state = gr.State([])
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="Upload a photo", type="filepath", elem_id="upload")
+                webcam = gr.Image(label="…or take one with the webcam", sources=["webcam"], type="filepath",
+                                  elem_id="webcam")
+                is_crop = gr.Checkbox(label="The photo already is a cropped face (skip face detection)",
+                                      elem_id="is-crop")
+            with gr.Column():
+                annotated = gr.Image(label="Faces found", interactive=False, elem_id="annotated")
+                status = gr.Markdown("Upload a photo, take one with the webcam, or pick an example.",
+                                     elem_id="status")
+                choice = gr.Radio(label="Face", choices=[], type="index", elem_id="face-choice")
+                scores = gr.Label(label="Emotion probabilities of the chosen face", num_top_classes=7,
+                                  elem_id="scores")
+        outputs = [annotated, status, choice, scores, faces_state]
+        upload.upload(on_photo, [upload, is_crop], outputs)
+        webcam.input(on_photo, [webcam, is_crop], outputs)
+        choice.input(on_choice, [choice, faces_state], [scores])
+        if examples:
+            gr.Examples(examples, [upload, is_crop], outputs, fn=on_photo, run_on_click=True, cache_examples=False,
+                        label="Examples: real photos (scikit-image) and PrivateTest faces")
+    return demo
+
+
+# ----------------------------------------------------------------------------------------------------- Space
+
+
+SPACE_APP = '''"""Hugging Face Space: fer_hf's web demo for {model}."""
+from fer_hf.app import main
+
+main(["--model", "{model}", "--host", "0.0.0.0", "--port", "7860"])
+'''
+
+
+def export_space(output_dir: str | os.PathLike, model: str) -> Path:
+    """A Space folder (app.py, requirements.txt, README.md with the Space header, fer_hf/ without its weights) that
+    serves the Hub model `model`; written beside and renamed, so a kill leaves the old folder or the new one."""
+    import gradio
+
+    target = Path(output_dir)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    package = Path(__file__).resolve().parent
+    # fer_hf is not on PyPI: the Space carries the package; the model comes from the Hub, so the weights stay out.
+    shutil.copytree(package, partial / "fer_hf", ignore=shutil.ignore_patterns("__pycache__", "*.safetensors"))
+    requirements = [r for r in importlib.metadata.requires("fer_hf") or [] if "extra ==" not in r]
+    requirements += [f"gradio=={gradio.__version__}", "scikit-image"]
+    write_atomic(partial / "requirements.txt", "\n".join(requirements) + "\n")
+    write_atomic(partial / "app.py", SPACE_APP.format(model=model))
+    write_atomic(partial / "README.md", "\n".join([
+        "---", f"title: {model.split('/')[-1]} facial expressions", "emoji: 🙂", "colorFrom: blue", "colorTo: green",
+        "sdk: gradio", f"sdk_version: {gradio.__version__}", "app_file: app.py", "pinned: false",
+        f"models:\n- {model}", "---", "",
+        f"# Facial expressions with [{model}](https://huggingface.co/{model})", "",
+        "Upload a photo or use the webcam: each face is boxed with its emotion. Made with "
+        "`python -m fer_hf.app --export_space` (fer_hf).", ""]))
+    return replace_folder(partial, target)
+
+
+# ----------------------------------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    (args,) = cli.parse(cli.make_parser("fer_hf.app", __doc__, AppArguments), argv)
+    cli.setup_logging()
+    if args.export_space:
+        if args.model is None or Path(args.model).expanduser().exists() or args.model.count("/") != 1:
+            raise ValueError("--export_space needs --model USER/NAME: a Space loads its model from the Hub "
+                             "(push a run with python -m fer_hf.push first).")
+        print(f"Space folder written to {export_space(args.export_space, args.model)}")
+        return 0
+    model_dir = model_folder(args.model)
+    examples_dir = Path(args.examples_dir or tempfile.mkdtemp(prefix="fer_hf_examples_"))
+    demo = build_demo(model_dir, max_megapixels=args.max_megapixels, examples=write_examples(examples_dir))
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD,
+                allowed_paths=[str(examples_dir)])
+    return 0
+
+
+if __name__ == "__main__":
+    with cli.exit_on_bad_input("fer_hf.app"):
+        sys.exit(main(sys.argv[1:]))
