@@ -86,7 +86,7 @@ def release(run_dir: str | Path, dataset: str, output_dir: str | Path = DEFAULT_
         save_split_report(partial, split, report, classifier.label_names)
         logger.info("Shipped weights on %s: accuracy %.4f (n=%d)", split, report["accuracy"], len(part))
     (partial / ALL_RESULTS).write_text(json.dumps(results, indent=2) + "\n")
-    write_model_card(partial)
+    write_model_card(partial, location=output_dir)
     replace_folder(partial, output_dir)
     return results
 

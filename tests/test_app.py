@@ -171,8 +171,11 @@ def page(served):
     if chromium is None:
         skip_or_fail("no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
     with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        # Chromium's fake camera (a moving test pattern, no face) stands in for a webcam, permission granted.
+        browser = playwright.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
+        context = browser.new_context(viewport={"width": 1280, "height": 1000}, permissions=["camera"])
+        page = context.new_page()
         page.goto(served)
         page.locator("#upload").wait_for(timeout=60_000)
         yield page
@@ -211,14 +214,20 @@ def test_the_page_in_a_real_browser(page, photos, tmp_path):
     page.locator("#face-choice label").nth(1).click()
     page.wait_for_timeout(500)
     assert page.locator("#face-choice input[type=radio]").nth(1).is_checked()
-
-    # an example photo runs when clicked
-    page.get_by_text("astronaut.jpg", exact=True).first.click()
-    page.locator("#status").filter(has_text="1 face found").wait_for(timeout=60_000)
-
     artifacts = Path(os.environ.get("FER_HF_TEST_ARTIFACTS", tmp_path))
     artifacts.mkdir(parents=True, exist_ok=True)
     shot = artifacts / "app_page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+
+    # an example photo runs when clicked
+    page.get_by_text("astronaut.jpg", exact=True).first.click()
+    page.locator("#status").filter(has_text="1 face found").wait_for(timeout=60_000)
+
+    # a webcam snapshot goes through the same path (the fake camera shows no face)
+    page.locator("#webcam").get_by_text("Click to Access Webcam").click()
+    page.locator("#webcam button[aria-label='capture photo']").click(timeout=30_000)
+    page.locator("#status").filter(has_text="No face found").wait_for(timeout=60_000)
+
+    page.screenshot(path=str(artifacts / "app_webcam.png"), full_page=True)
     (artifacts / "app_status.json").write_text(json.dumps({"status": page.locator("#status").inner_text()}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -30,6 +31,9 @@ def test_shipped_model_is_small_and_measured_on_both_splits():
     results = read_results(DEFAULT_MODEL_DIR)
     assert results["test_samples"] == results["eval_samples"] == 3589
     assert abs(100 * results["test_accuracy"] - card_test_accuracy()) < 0.005  # the card prints the recorded value
+    card = (DEFAULT_MODEL_DIR / "README.md").read_text()
+    # Its usage lines work in any clone: the package path, never the folder release wrote first or a machine's path.
+    assert ".partial" not in card and 'model="fer_hf/default_model"' in card and str(Path.home()) not in card
 
 
 def test_shipped_model_scores_what_its_card_says_on_real_privatetest(fer2013_path, tmp_path):

@@ -34,6 +34,8 @@ def test_release_writes_fp16_weights_measured_as_shipped(trained_run, tmp_path):
     assert results["test_samples"] == len(test) and "eval_accuracy" in results
     card = (out / "README.md").read_text()
     assert f"{100 * results['test_accuracy']:.2f}" in card and "Training recipe" in card
+    # The card names the folder the model ends up in, not the one it was written in first.
+    assert ".partial" not in card and f'model="{out.resolve()}"' in card and "- name: shipped" in card
     assert (out / "confusion_matrix_test.png").is_file() and (out / "args.yaml").is_file()
 
 

@@ -7,6 +7,7 @@ Reads, where present: `config.json` (architecture, labels, data config), `args.y
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -63,9 +64,15 @@ def _results(all_results: dict, confusion: dict, prefix: str) -> dict | None:
     return report
 
 
-def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None) -> ModelCard:
-    """A ModelCard for `run_dir`; `repo_id` (USER/NAME) goes in the usage snippet, else the folder's path."""
+def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
+                     location: str | os.PathLike | None = None) -> ModelCard:
+    """A ModelCard for `run_dir`; `repo_id` (USER/NAME) goes in the usage snippet, else the folder's path:
+    `location` when the folder is written elsewhere first and moved there (relative to the working folder if below
+    it, so that a card written in a clone reads the same in every clone)."""
     run_dir = Path(run_dir)
+    final = Path(location or run_dir).resolve()
+    with contextlib.suppress(ValueError):
+        final = final.relative_to(Path.cwd())
     config = read_json(run_dir / CONFIG_FILE)
     if not config:
         raise FileNotFoundError(f"{run_dir}: no {CONFIG_FILE}; a model card needs a saved model folder.")
@@ -86,8 +93,8 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None) -> 
     dataset_label = dataset if _is_hub_id(dataset) else Path(dataset).name  # no local paths in a public card
     base_model = args.get("model_name_or_path")
     pretrained = bool(args.get("pretrained", False))
-    model_id = repo_id or args.get("hub_model_id") or str(run_dir.resolve())
-    name = model_id.split("/")[-1] if repo_id or args.get("hub_model_id") else run_dir.name
+    model_id = repo_id or args.get("hub_model_id") or str(final)
+    name = model_id.split("/")[-1] if repo_id or args.get("hub_model_id") else final.name
     best_metric_name = args.get("metric_for_best_model") or "loss"
     in_chans = (config.get("model_args") or {}).get("in_chans", 3)
     size = (cfg.get("input_size") or [in_chans, "?", "?"])[-1]
@@ -258,9 +265,10 @@ def _limitations(synthetic: bool) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(run_dir: str | os.PathLike, repo_id: str | None = None) -> Path:
-    """Write `run_dir/README.md` from the run's files and return its path."""
+def write_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
+                     location: str | os.PathLike | None = None) -> Path:
+    """Write `run_dir/README.md` from the run's files and return its path (`location`: see build_model_card)."""
     path = Path(run_dir) / CARD_NAME
-    build_model_card(run_dir, repo_id).save(path)
+    build_model_card(run_dir, repo_id, location).save(path)
     logger.info("Wrote the model card %s", path)
     return path

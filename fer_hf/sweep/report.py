@@ -148,7 +148,7 @@ def plot_results(spec: SweepSpec, records: Sequence[TrialRecord], path: str | os
         mine = [p for p in points if p[0] == panel]
         lrs, wds = axis_values[panel]
         if len(panels) > 1:
-            ax.set_title(panel, fontsize=10)
+            ax.set_title(panel.replace(", ", "\n"), fontsize=9)  # one setting per line: long names overlap
         ax.set_xlabel("learning rate")
         if not heatmap:
             scored = [p for p in mine if p[3] is not None]
