@@ -110,6 +110,7 @@ def _run(command: str, folder: Path, monkeypatch, capsys, caplog) -> tuple[int, 
         args += SMALL_TRAINING
     monkeypatch.chdir(folder)
     monkeypatch.setattr(sys, "argv", [module, *args])
+    monkeypatch.delitem(sys.modules, module, raising=False)  # run as a fresh __main__, as `python -m` would
     for name, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}.items():
         monkeypatch.setenv(name, value)
     # The entry module's logging.basicConfig adds a handler on this test's captured stderr; drop it afterwards, or
