@@ -43,7 +43,8 @@ def row(run_dir: Path) -> tuple[str, ...]:
         f"{100 * results['test_paper_f1']:.2f}",
         f"{test - FER_PACKAGE:+.2f}",
         f"{test - PAPER_ACCURACY:+.2f}",
-        f"{minutes:.0f} min",
+        # train_runtime covers one invocation: a resumed run's figure is the part after the resume only.
+        f"{minutes:.0f} min" + (" after resuming" if args.get("resume_from_checkpoint") else ""),
     )
 
 
