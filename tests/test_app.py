@@ -189,8 +189,16 @@ def _upload(page, path: Path, expected: str) -> str:
     if clear.count():
         clear.click()
     page.locator("#upload input[type=file]").set_input_files(str(path))
+    return _wait_for_status(page, expected)
+
+
+def _wait_for_status(page, expected: str) -> str:
+    """Wait until the status says `expected`; return the status, or fail showing what it says instead."""
     status = page.locator("#status")
-    status.filter(has_text=expected).wait_for(timeout=60_000)
+    try:
+        status.filter(has_text=expected).wait_for(timeout=60_000)
+    except Exception as error:  # Playwright's TimeoutError: say what the page shows
+        pytest.fail(f"the status never said {expected!r}; it says {status.inner_text()!r} ({error})")
     return status.inner_text()
 
 
@@ -222,12 +230,16 @@ def test_the_page_in_a_real_browser(page, photos, tmp_path):
 
     # an example photo runs when clicked
     page.get_by_text("astronaut.jpg", exact=True).first.click()
-    page.locator("#status").filter(has_text="1 face found").wait_for(timeout=60_000)
+    _wait_for_status(page, "1 face found")
 
-    # a webcam snapshot goes through the same path (the fake camera shows no face)
+    # a webcam snapshot goes through the same path (the fake camera shows no face). The capture button shows before
+    # the stream has a frame; a capture then is an empty canvas, so wait until the video plays, as a user would.
     page.locator("#webcam").get_by_text("Click to Access Webcam").click()
+    page.wait_for_function("() => { const v = document.querySelector('#webcam video');"
+                           " return v !== null && v.readyState >= 2 && v.videoWidth > 0 && v.currentTime > 0; }",
+                           timeout=60_000)
     page.locator("#webcam button[aria-label='capture photo']").click(timeout=30_000)
-    page.locator("#status").filter(has_text="No face found").wait_for(timeout=60_000)
+    _wait_for_status(page, "No face found")
 
     page.screenshot(path=str(artifacts / "app_webcam.png"), full_page=True)
     (artifacts / "app_status.json").write_text(json.dumps({"status": page.locator("#status").inner_text()}))
