@@ -26,7 +26,7 @@ from fer_hf.inference.classifier import load_classifier
 from fer_hf.inference.demo import Analysis, analyse_file, card_accuracies, describe_accuracies
 from fer_hf.inference.images import DEFAULT_MAX_MEGAPIXELS
 from fer_hf.inference.predictor import FacePredictor
-from fer_hf.modeling import DEFAULT_MODEL_DIR
+from fer_hf.model_files import DEFAULT_MODEL_DIR
 from fer_hf.run_dir import replace_folder, write_atomic
 
 logger = logging.getLogger(__name__)

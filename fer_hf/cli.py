@@ -7,12 +7,12 @@ into `fer_hf.X: message` and exit status 1 instead of a traceback.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
-
-from transformers import HfArgumentParser
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The errors bad input raises (a missing folder, a malformed file, a wrong value); anything else is a bug and keeps
@@ -20,12 +20,35 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 INPUT_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError)
 
 
-def make_parser(prog: str, doc: str | None, *dataclass_types: type) -> HfArgumentParser:
+def hf_argument_parser() -> type:
+    """transformers' `HfArgumentParser`. Where transformers is not imported yet, its `hf_argparser.py` (standard
+    library and yaml only) is loaded on its own: transformers' package `__init__` takes half a second to set up its
+    lazy modules, which `python -m fer_hf.predict --help` and an ONNX Runtime run never use otherwise."""
+    if "fer_hf._hf_argparser" in sys.modules:
+        return sys.modules["fer_hf._hf_argparser"].HfArgumentParser
+    if "transformers" not in sys.modules:
+        spec = importlib.util.find_spec("transformers")
+        source = Path(spec.origin).with_name("hf_argparser.py") if spec and spec.origin else None
+        if source is not None and source.is_file():
+            module_spec = importlib.util.spec_from_file_location("fer_hf._hf_argparser", source)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_spec.name] = module
+            try:
+                module_spec.loader.exec_module(module)
+                return module.HfArgumentParser
+            except ImportError:  # a transformers version whose parser needs the package: import it whole
+                del sys.modules[module_spec.name]
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser
+
+
+def make_parser(prog: str, doc: str | None, *dataclass_types: type):
     """An HfArgumentParser named `python -m PROG`, described by the first paragraph of the module docstring."""
-    return HfArgumentParser(dataclass_types, prog=f"python -m {prog}", description=(doc or "").split("\n\n")[0])
+    return hf_argument_parser()(dataclass_types, prog=f"python -m {prog}", description=(doc or "").split("\n\n")[0])
 
 
-def parse(parser: HfArgumentParser, argv: list[str] | None) -> tuple[Any, ...]:
+def parse(parser, argv: list[str] | None) -> tuple[Any, ...]:
     """Parse argv into the parser's dataclasses (plus a namespace for extra positional arguments, if any); a value
     rejected by a dataclass's `__post_init__` becomes a usage error (exit status 2), not a traceback."""
     try:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from fer_hf import cli
 from fer_hf.data.load import load_fer2013
-from fer_hf.inference.classifier import TTA_MODES, evaluate_model, load_classifier
-from fer_hf.modeling import DEFAULT_MODEL_DIR
+from fer_hf.inference.classifier import BACKENDS, TTA_MODES, evaluate_model, load_classifier
+from fer_hf.model_files import DEFAULT_MODEL_DIR
 from fer_hf.report.figures import save_split_report
 from fer_hf.report.tables import comparison_markdown, per_class_table, table1
 from fer_hf.run_dir import write_atomic
@@ -55,8 +55,15 @@ class EvaluateArguments:
     batch_size: int = field(default=128, metadata={"help": "Images per forward pass (TTA views included)."})
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N images (quick look)."})
     device: str | None = field(default=None, metadata={"help": "cuda / cpu; default cuda when available."})
+    backend: str = field(
+        default="auto",
+        metadata={"help": "auto (ONNX Runtime on a CPU when installed: each model folder is exported once and cached; "
+                  "PyTorch on a GPU), onnxruntime or pytorch."},
+    )
 
     def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}.")
         if self.split not in EVAL_SPLITS:
             raise ValueError(f"--split must be one of {EVAL_SPLITS}, got {self.split!r}.")
         if self.tta not in TTA_MODES:
@@ -72,7 +79,8 @@ def run(args: EvaluateArguments) -> tuple[dict, dict[str, dict]]:
     """Evaluate, write metrics.json, the confusion matrix figure(s) and comparison.md; return what metrics.json holds
     and the reports keyed `plain` / TTA mode."""
     folders = args.model or [None]
-    classifiers = [load_classifier(folder, onnx_path=args.onnx, device=args.device) for folder in folders]
+    classifiers = [load_classifier(folder, onnx_path=args.onnx, device=args.device, backend=args.backend)
+                   for folder in folders]
     # What each classifier is: its folder, else the exported file, else the shipped model.
     names = [str(folder or args.onnx or DEFAULT_MODEL_DIR) for folder in folders]
     split = load_fer2013(args.dataset)[args.split]
@@ -106,7 +114,7 @@ def run(args: EvaluateArguments) -> tuple[dict, dict[str, dict]]:
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     for key, report in reports.items():
         save_split_report(out, args.split, report, classifier.label_names, tta=None if key == "plain" else key)
-    name = " + ".join(f"{c.config.architecture} ({Path(n).name})" for c, n in zip(classifiers, names, strict=True))
+    name = " + ".join(f"{c.config['architecture']} ({Path(n).name})" for c, n in zip(classifiers, names, strict=True))
     write_atomic(out / "comparison.md", comparison_markdown(name, reports, args.split, len(split)))
     return metrics, reports
 

@@ -3,7 +3,7 @@
     python -m fer_hf.export outputs/paper_resnet50 --onnx resnet50_fer.onnx --dataset fer2013.npz
 
 The graph takes `pixel_values` (batch, C, H, W), normalised as the model's image processor does, and returns
-`logits` (batch, 7). The model's config.json (labels, timm data config) is embedded in the file's metadata, so
+`logits` (batch, 7). The model's config.json and timm data config are embedded in the file's metadata, so
 `python -m fer_hf.predict photo.jpg --onnx resnet50_fer.onnx` needs nothing else. The export fails unless ONNX
 Runtime's logits match PyTorch's to within --tolerance on the given images.
 """
@@ -11,69 +11,16 @@ Runtime's logits match PyTorch's to within --tolerance on the given images.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from fer_hf import cli
-from fer_hf.inference.classifier import ONNX_CONFIG_KEY, FerClassifier, load_classifier, view_logits
+from fer_hf.inference.classifier import FerClassifier, load_classifier, view_logits
+from fer_hf.inference.onnx_export import DEFAULT_OPSET, ExportParityError, export_onnx
 
 logger = logging.getLogger(__name__)
-
-INPUT_NAME = "pixel_values"
-OUTPUT_NAME = "logits"
-
-
-class ExportParityError(RuntimeError):
-    """ONNX Runtime's logits differ from PyTorch's by more than the tolerance."""
-
-
-class _LogitsOnly(torch.nn.Module):
-    """The transformers model returns a ModelOutput; ONNX wants a plain tensor."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
-
-
-def export_onnx(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, opset: int = 18) -> Path:
-    """Write `onnx_path` from a saved model folder: dynamic batch axis, config embedded in the metadata."""
-    import onnx
-
-    classifier = load_classifier(model_dir, device="cpu")
-    channels, height, width = classifier.processor.data_config["input_size"]
-    example = torch.zeros(2, channels, height, width)
-    onnx_path = Path(onnx_path)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    # Exported and checked beside the target, then renamed over it: a kill never leaves half an .onnx file.
-    partial = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.partial")
-    torch.onnx.export(
-        _LogitsOnly(classifier.model).eval(),
-        (example,),
-        str(partial),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch", min=1, max=4096)}},
-        opset_version=opset,
-        dynamo=True,
-        verbose=False,
-        external_data=False,  # one self-contained file; a ResNet-50 is ~100 MB, far below protobuf's 2 GB
-    )
-    model = onnx.load(str(partial))
-    onnx.checker.check_model(model)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = ONNX_CONFIG_KEY, classifier.config.to_json_string()
-    model.doc_string = f"fer_hf FER-2013 classifier exported from {Path(model_dir).name}: pixel_values -> logits"
-    onnx.save(model, str(partial))
-    os.replace(partial, onnx_path)
-    return onnx_path
 
 
 def check_parity(
@@ -104,7 +51,7 @@ class ExportArguments:
     split: str = field(default="test", metadata={"help": "Split of --dataset the parity check draws from."})
     num_images: int = field(default=64, metadata={"help": "Faces in the parity check."})
     tolerance: float = field(default=1e-4, metadata={"help": "Largest allowed max abs logit difference."})
-    opset: int = field(default=18, metadata={"help": "ONNX opset version."})
+    opset: int = field(default=DEFAULT_OPSET, metadata={"help": "ONNX opset version."})
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -115,10 +62,10 @@ def main(argv: list[str] | None = None) -> float:
     from fer_hf.data.load import load_fer2013
 
     with cli.exit_on_bad_input("fer_hf.export"):  # model folder or dataset: each message names the input and the fix
-        path = export_onnx(extra.model_dir, args.onnx, args.opset)
+        torch_model = load_classifier(extra.model_dir, device="cpu", backend="pytorch")
+        path = export_onnx(extra.model_dir, args.onnx, args.opset, model=torch_model.model)
         part = load_fer2013(args.dataset)[args.split]
     faces = [example["image"] for example in part.select(range(min(args.num_images, len(part))))]
-    torch_model = load_classifier(extra.model_dir, device="cpu")
     onnx_model = load_classifier(onnx_path=path)
     try:
         difference = check_parity(torch_model, onnx_model, faces, args.tolerance)

@@ -1,7 +1,12 @@
 """The FER-2013 facts every module shares, defined once: label names, split names and how to display them, the image
 size, and the image file suffixes the tools read."""
 
-from datasets import ClassLabel, Features, Image
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # datasets takes a second to import; `predict --help` and the ONNX Runtime path never need it
+    from datasets import Features
 
 # FER-2013's own order (fer2013.csv's `emotion` column, 0-6); every other label list derives from this one.
 LABEL_NAMES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -35,11 +40,13 @@ def split_display_name(split: str) -> str:
 
 def fer_features() -> Features:
     """The datasets schema every loader returns: a 48x48 mode-L `image` and a `label` ClassLabel."""
+    from datasets import ClassLabel, Features, Image
+
     return Features({"image": Image(), "label": ClassLabel(names=list(LABEL_NAMES))})
 
 
 def id2label() -> dict[int, str]:
-    return dict(enumerate(fer_features()["label"].names))
+    return dict(enumerate(LABEL_NAMES))
 
 
 def label2id() -> dict[str, int]:

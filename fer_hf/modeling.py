@@ -17,69 +17,26 @@ from timm.models import adapt_input_conv, get_pretrained_cfg, split_model_name_t
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, TimmWrapperImageProcessor
 
 from fer_hf.labels import id2label, label2id
-from fer_hf.run_dir import CONFIG_FILE, WEIGHTS_FILE
+from fer_hf.model_files import WEIGHTS_FILE, ModelFolderError, read_model_config
 from fer_hf.weights import resolve, timm_name
 
 logger = logging.getLogger(__name__)
 
 WRAPPER_PREFIX = "timm_model."
-# The model fer_hf ships (weights stored in fp16 to stay small, loaded in fp32): what predict, evaluate and the demo
-# use when no --model is given. Written by `python -m fer_hf.release`; its card says how it was trained and measured.
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
 
 class PretrainedWeightsUnavailableError(OSError):
     """Pretrained weights were asked for but could not be fetched; never silently replaced by random init."""
 
 
-class ModelFolderError(ValueError):
-    """A folder that is not a usable fer_hf model: the message names it and says what is wrong."""
-
-
 def load_saved_model(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32
                      ) -> TimmWrapperForImageClassification:
     """A saved fer_hf model folder (`fer_hf.train`'s output_dir, a checkpoint, the shipped model), in eval mode.
 
-    The folder is checked before transformers reads it, so what users really have (a folder of another model, a
-    half-copied or truncated weights file, a head for other labels) ends in a message naming the folder, not in a
-    traceback from deep inside the loader. A folder with only `pytorch_model.bin` is read with
+    The folder is checked first (`read_model_config`). A folder with only `pytorch_model.bin` is read with
     `torch.load(weights_only=True)` (transformers' default), so a pickle cannot run code.
     """
-    import json
-
-    from safetensors import SafetensorError, safe_open
-
-    model_dir = Path(model_dir)
-    config_path = model_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise ModelFolderError(f"{model_dir}: not a saved model folder (no config.json); give the output_dir of "
-                               f"`fer_hf.train` or a checkpoint-* folder inside it.")
-    try:
-        config = json.loads(config_path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ModelFolderError(f"{config_path}: not valid JSON ({err}); the folder was not fully copied?") from err
-    if not isinstance(config, dict) or config.get("model_type") != "timm_wrapper":
-        found = config.get("model_type") if isinstance(config, dict) else type(config).__name__
-        raise ModelFolderError(f"{model_dir}: holds a {found!r} model, not a timm model saved by fer_hf "
-                               f"(model_type timm_wrapper).")
-    # TimmWrapperConfig saves the labels as `label_names` (and `num_classes`); other writers use id2label.
-    names = config.get("label_names") or [name for _, name in sorted((config.get("id2label") or {}).items(),
-                                                                      key=lambda item: int(item[0]))]
-    names = [str(name).lower() for name in names]
-    if names != list(id2label().values()) or config.get("num_classes", len(names)) != len(names):
-        raise ModelFolderError(f"{model_dir}: its labels are {names}, not FER-2013's {list(id2label().values())}; "
-                               f"fer_hf models classify the seven FER-2013 expressions in that order.")
-    weights = model_dir / WEIGHTS_FILE
-    if weights.is_file():
-        try:
-            with safe_open(str(weights), framework="pt") as handle:
-                handle.keys()
-        except (SafetensorError, OSError) as err:
-            raise ModelFolderError(f"{weights}: truncated or corrupt ({err}); copy or download the model again.") \
-                from err
-    elif not (model_dir / "pytorch_model.bin").is_file():
-        raise ModelFolderError(f"{model_dir}: no weights (model.safetensors); the folder was not fully copied, or "
-                               f"training stopped before saving. Checkpoints inside it hold weights too.")
+    read_model_config(model_dir)
     try:
         model = TimmWrapperForImageClassification.from_pretrained(model_dir, dtype=dtype)
     except Exception as err:  # size mismatches (RuntimeError), refused pickles (UnpicklingError), torch errors...

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from fer_hf import cli
 from fer_hf.inference.annotate import AnnotationTarget
-from fer_hf.inference.classifier import TTA_MODES, load_classifier
-from fer_hf.inference.faces import MIN_FACE_SIZE
+from fer_hf.inference.classifier import BACKENDS, TTA_MODES, load_classifier
+from fer_hf.inference.faces import MIN_FACE_SIZE, SCALE_FACTOR
 from fer_hf.inference.images import DEFAULT_MAX_MEGAPIXELS
 from fer_hf.inference.predictor import NO_FACE, FacePredictor, expand_inputs, predict_images, predict_video
 
@@ -58,16 +58,31 @@ class PredictArguments:
     min_face_size: int = field(
         default=MIN_FACE_SIZE, metadata={"help": "Smallest face in pixels, on the image scaled to 1024 px."}
     )
+    scale_factor: float = field(
+        default=SCALE_FACTOR,
+        metadata={"help": "Detector pyramid step (OpenCV scaleFactor): 1.2 detects in about 60%% of the time, with "
+                  "slightly different boxes."},
+    )
     max_megapixels: float = field(
         default=DEFAULT_MAX_MEGAPIXELS,
         metadata={"help": "Larger images are decoded reduced (JPEG) or refused (other formats), bounding memory."},
     )
     tta: str = field(default="none", metadata={"help": "Test-time augmentation per face: none, hflip, tencrop."})
     device: str | None = field(default=None, metadata={"help": "cuda / cpu; default cuda when available."})
+    backend: str = field(
+        default="auto",
+        metadata={"help": "auto (ONNX Runtime on a CPU when installed: the model folder is exported once and cached; "
+                  "PyTorch on a GPU), onnxruntime or pytorch."},
+    )
+    threads: int | None = field(
+        default=None, metadata={"help": "ONNX Runtime threads; default OMP_NUM_THREADS, else every usable core."}
+    )
 
     def __post_init__(self):
         if self.tta not in TTA_MODES:
             raise ValueError(f"--tta must be one of {TTA_MODES}, got {self.tta!r}.")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}.")
         if self.frame_step < 1 or self.batch_size < 1:
             raise ValueError("--frame_step and --batch_size must be at least 1.")
 
@@ -106,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     files, folder_errors = expand_inputs(extra.inputs)
     try:
-        classifier = load_classifier(args.model, onnx_path=args.onnx, device=args.device)
+        classifier = load_classifier(args.model, onnx_path=args.onnx, device=args.device, backend=args.backend,
+                                     threads=args.threads)
         annotate = None
         if args.annotate:
             annotate = AnnotationTarget(args.annotate, single_input=len(files) + (args.video is not None) == 1)
@@ -114,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fer_hf.predict: {err}", file=sys.stderr)
         return 2
     predictor = FacePredictor(classifier, detect=not args.no_detect, margin=args.margin,
-                              min_neighbors=args.min_neighbors, min_face_size=args.min_face_size, tta=args.tta)
+                              min_neighbors=args.min_neighbors, min_face_size=args.min_face_size,
+                              scale_factor=args.scale_factor, tta=args.tta)
 
     records: list[dict] = []
 

@@ -21,14 +21,13 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from fer_hf import cli
 from fer_hf.hub import HubAccessError
+from fer_hf.model_files import CONFIG_FILE, WEIGHTS_FILE
 from fer_hf.report.model_card import CARD_NAME, GENERATED_MARKER, write_model_card
 from fer_hf.run_dir import (
     ALL_RESULTS,
     ARGS_FILE,
-    CONFIG_FILE,
     SPLIT_RESULTS,
     TRAINER_STATE,
-    WEIGHTS_FILE,
     confusion_file,
 )
 

@@ -24,17 +24,16 @@ from fer_hf import cli
 from fer_hf.data.load import load_fer2013
 from fer_hf.inference.classifier import evaluate_model, load_classifier
 from fer_hf.metrics import flatten_report
-from fer_hf.modeling import DEFAULT_MODEL_DIR, load_saved_model
+from fer_hf.model_files import CONFIG_FILE, DEFAULT_MODEL_DIR, WEIGHTS_FILE
+from fer_hf.modeling import load_saved_model
 from fer_hf.report.figures import save_split_report
 from fer_hf.report.model_card import write_model_card
 from fer_hf.run_dir import (
     ACCURACY_FIGURE,
     ALL_RESULTS,
     ARGS_FILE,
-    CONFIG_FILE,
     LOSS_FIGURE,
     TRAINER_STATE,
-    WEIGHTS_FILE,
     read_args,
     replace_folder,
 )
@@ -76,7 +75,7 @@ def release(run_dir: str | Path, dataset: str, output_dir: str | Path = DEFAULT_
 
     eval_split = read_args(run_dir).get("eval_split", "validation")
     data = load_fer2013(dataset)
-    classifier = load_classifier(partial, device="cpu")
+    classifier = load_classifier(partial, device="cpu", backend="pytorch")  # the reference backend measures the card
     results: dict[str, float] = {}
     for prefix, split in (("eval", eval_split), ("test", "test")):
         part = data[split]

@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"
 ALL_RESULTS = "all_results.json"
 ARGS_FILE = "args.yaml"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 # A checkpoint's raw (not averaged) weights when training with an EMA; its model.safetensors holds the EMA weights.
 TRAINING_WEIGHTS_FILE = "training_weights.safetensors"
 SPLIT_RESULTS = ("train_results.json", "eval_results.json", "test_results.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Set before transformers / huggingface_hub / wandb are imported anywhere: they read these at import time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,6 +11,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The ONNX exports of the `auto` backend are cached per test session (its subprocesses share it), not in ~/.cache.
+os.environ.setdefault("FER_HF_CACHE", tempfile.mkdtemp(prefix="fer_hf_test_cache_"))
 
 import importlib  # noqa: E402
 import json  # noqa: E402

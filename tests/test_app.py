@@ -23,7 +23,7 @@ from fer_hf.inference.classifier import load_classifier
 from fer_hf.inference.demo import NO_FACE_MESSAGE, analyse_file, card_accuracies, describe_accuracies
 from fer_hf.inference.predictor import FacePredictor
 from fer_hf.labels import LABEL_NAMES
-from fer_hf.modeling import DEFAULT_MODEL_DIR
+from fer_hf.model_files import DEFAULT_MODEL_DIR
 from fer_hf.run_dir import read_results
 
 

@@ -15,7 +15,7 @@ from transformers import pipeline
 from fer_hf import evaluate as fer_evaluate
 from fer_hf import predict as fer_predict
 from fer_hf.labels import LABEL_NAMES
-from fer_hf.modeling import DEFAULT_MODEL_DIR
+from fer_hf.model_files import DEFAULT_MODEL_DIR
 from fer_hf.run_dir import read_results
 
 

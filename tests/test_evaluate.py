@@ -91,17 +91,17 @@ def test_evaluate_real_faces_matches_sklearn_with_tta(trained_run, fer2013, fer2
 def test_tta_views_and_logit_shapes(trained_run, fer2013):
     classifier = load_classifier(trained_run, device="cpu")
     faces = [fer2013["validation"][i]["image"] for i in range(3)]
-    channels, height, width = classifier.processor.data_config["input_size"]
+    channels, height, width = classifier.data_config["input_size"]
     for mode, count in (("none", 1), ("hflip", 2), ("tencrop", 10)):
         views = classifier.views(mode)(faces[0])
         assert views.shape == (count, channels, height, width)
         logits = view_logits(classifier, faces, mode, batch_size=8)  # batches split faces, never their views
         assert logits.shape == (3, count, len(LABEL_NAMES))
         assert classifier.predict(faces, mode).shape == (3, len(LABEL_NAMES))
-    assert np.allclose(classifier.views("hflip")(faces[0])[1], classifier.views("none")(faces[0])[0].flip(-1))
+    assert np.allclose(classifier.views("hflip")(faces[0])[1], classifier.views("none")(faces[0])[0][..., ::-1])
     tencrop = classifier.views("tencrop")(faces[0])
     # Corners and centre, then the same five crops of the mirrored face: top-left of the mirror = mirrored top-right.
-    assert np.allclose(tencrop[[6, 5, 8, 7, 9]], tencrop[:5].flip(-1))
+    assert np.allclose(tencrop[[6, 5, 8, 7, 9]], tencrop[:5][..., ::-1])
     assert not np.allclose(tencrop[0], tencrop[4])
 
 

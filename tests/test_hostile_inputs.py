@@ -394,7 +394,7 @@ def test_a_10000_by_10000_photo_is_read_in_bounded_memory(tmp_path):
 def shipped_copy(tmp_path_factory) -> Path:
     import shutil
 
-    from fer_hf.modeling import DEFAULT_MODEL_DIR
+    from fer_hf.model_files import DEFAULT_MODEL_DIR
 
     return Path(shutil.copytree(DEFAULT_MODEL_DIR, tmp_path_factory.mktemp("models") / "good"))
 

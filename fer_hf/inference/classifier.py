@@ -1,63 +1,70 @@
-"""Run a saved model on face images: PyTorch or ONNX Runtime, with optional test-time augmentation (TTA).
+"""Run a saved model on face images: ONNX Runtime or PyTorch, with optional test-time augmentation (TTA).
 
-Preprocessing is the evaluation transform used in training (`fer_hf.data.transforms.eval_transform` on the image
-converted to the model's channel mode), so a face scored here is scored exactly as the validation split was.
+Preprocessing is the evaluation transform used in training (`fer_hf.inference.preprocess`, equal to the processor's
+`val_transforms` to the bit), so a face scored here is scored exactly as the validation split was.
+
+Backends. `auto` (the default) runs a model folder on ONNX Runtime when it is installed and no NVIDIA GPU is in use:
+on a CPU it is several times faster than PyTorch for these small networks (`benchmarks/RESULTS.md`). The folder is
+exported once and cached (`fer_hf.inference.onnx_export.cached_onnx`), after which neither torch nor transformers is
+imported at all. `pytorch` keeps the model in PyTorch (the default on a GPU); if an export ever fails, `auto` says
+so and uses PyTorch.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision import transforms as T
-from transformers import TimmWrapperConfig
 
-from fer_hf.data.transforms import eval_transform, image_mode
-from fer_hf.metrics import classification_report
-from fer_hf.modeling import DEFAULT_MODEL_DIR, image_processor_for, load_saved_model
+from fer_hf.inference.background import read_ahead
+from fer_hf.inference.onnx_export import ONNX_CONFIG_KEY, ONNX_DATA_CONFIG_KEY, cached_onnx
+from fer_hf.inference.preprocess import TTA_MODES, VIEWS_PER_FACE, FacePreprocessor, check_tta
+from fer_hf.model_files import DEFAULT_MODEL_DIR, label_names, read_model_config
 
 logger = logging.getLogger(__name__)
 
-TTA_MODES = ("none", "hflip", "tencrop")
-# Ten-crop takes crops of this fraction of the side (then scaled to the input size, as RandomResizedCrop does in
-# training): the four corners and the centre, and their mirror images.
-TENCROP_FRACTION = 0.875
-ONNX_CONFIG_KEY = "fer_hf.config"  # metadata entry of an exported .onnx holding the model's config.json
+__all__ = ["BACKENDS", "ONNX_CONFIG_KEY", "TTA_MODES", "FerClassifier", "evaluate_model", "load_classifier", "softmax",
+           "view_logits"]
+
+BACKENDS = ("auto", "onnxruntime", "pytorch")
 
 
 class FerClassifier:
-    """A FER model with its preprocessing: `logits(pixel_values)` on either backend, `transform(face)` per image."""
+    """A FER model with its preprocessing: `predict(faces)` on PIL faces, `logits(pixel_values)` on ready inputs."""
 
     def __init__(
         self,
-        config: TimmWrapperConfig,
+        config: dict,
+        data_config: dict,
         run: Callable[[np.ndarray], np.ndarray],
         backend: str,
-        model: torch.nn.Module | None = None,
+        model=None,
     ):
-        self.config = config
+        self.config = config  # the model's config.json
+        self.data_config = dict(data_config)
         self.model = model  # the PyTorch module behind `run`, when there is one
         self.backend = backend
         self._run = run
-        self.processor = image_processor_for(config)
-        self.mode = image_mode(self.processor)
-        self.label_names: list[str] = [config.id2label[i] for i in range(config.num_labels)]
+        self.preprocess = FacePreprocessor(self.data_config)
+        self.label_names: list[str] = label_names(config)
 
-    def logits(self, pixel_values: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(N, C, H, W) normalised pixels -> (N, num_labels) float32 logits."""
-        if isinstance(pixel_values, torch.Tensor):
+    def logits(self, pixel_values) -> np.ndarray:
+        """(N, C, H, W) normalised pixels (numpy or torch) -> (N, num_labels) float32 logits."""
+        if not isinstance(pixel_values, np.ndarray):
             pixel_values = pixel_values.numpy()
         return self._run(np.ascontiguousarray(pixel_values, dtype=np.float32))
 
-    def views(self, tta: str = "none") -> Callable[[Image.Image], torch.Tensor]:
+    def views(self, tta: str = "none") -> Callable[[Image.Image], np.ndarray]:
         """The function turning one face into its stack of views, (V, C, H, W): 1, 2 or 10 views."""
-        return tta_views(self.processor, tta, self.mode)
+        check_tta(tta)
+        return lambda face: self.preprocess([face], tta)[0]
 
     def predict(self, faces: Sequence[Image.Image], tta: str = "none", batch_size: int = 64) -> np.ndarray:
         """Logits (N, num_labels) for PIL faces, averaged over the TTA views."""
@@ -69,12 +76,65 @@ def load_classifier(
     *,
     onnx_path: str | os.PathLike | None = None,
     device: str | None = None,
+    backend: str = "auto",
+    threads: int | None = None,
 ) -> FerClassifier:
-    """A saved model folder (PyTorch) or an exported `.onnx` file (ONNX Runtime; config from its metadata or
-    `model_dir`). With neither: the model shipped inside the package (`DEFAULT_MODEL_DIR`)."""
+    """A saved model folder, or an exported `.onnx` file (ONNX Runtime; config from its metadata or `model_dir`).
+    With neither: the model shipped inside the package (`DEFAULT_MODEL_DIR`).
+
+    `backend`: `auto`, `onnxruntime` or `pytorch` (see the module docstring); `threads`: ONNX Runtime's threads
+    (default: OMP_NUM_THREADS, else the cores this process may use)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
     if onnx_path is not None:
-        return _load_onnx(Path(onnx_path), model_dir)
+        return _load_onnx(Path(onnx_path), model_dir, threads)
     model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
+    chosen = choose_backend(backend, device)
+    if chosen == "onnxruntime":
+        read_model_config(model_dir)  # a folder that is no model is named as such, before any export
+        try:
+            return _load_onnx(cached_onnx(model_dir), model_dir, threads)
+        except Exception as err:  # an export torch or ONNX cannot do; `auto` must never be worse than PyTorch
+            if backend != "auto":
+                raise
+            logger.warning("%s: could not run it on ONNX Runtime (%s: %s); using PyTorch.", model_dir,
+                           type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "")
+    return _load_pytorch(model_dir, device)
+
+
+def choose_backend(backend: str, device: str | None) -> str:
+    """`auto` -> `onnxruntime` on a CPU where onnxruntime and onnx are installed, else `pytorch`."""
+    if backend == "onnxruntime" and device not in (None, "cpu"):
+        raise ValueError(f"the onnxruntime backend runs on the CPU; drop --device {device} or use --backend pytorch.")
+    if backend != "auto":
+        return backend
+    if device not in (None, "cpu") or (device is None and nvidia_gpu_visible()):
+        return "pytorch"
+    installed = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+    return "onnxruntime" if installed else "pytorch"
+
+
+def nvidia_gpu_visible() -> bool:
+    """Whether the NVIDIA driver shows a GPU this process may use, checked without importing torch (seconds)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
+def default_threads() -> int:
+    """OMP_NUM_THREADS when set (the benchmarks' convention), else the cores this process may run on."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _load_pytorch(model_dir: Path, device: str | None) -> FerClassifier:
+    import torch
+
+    from fer_hf.modeling import image_processor_for, load_saved_model
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     # fp32 whatever the stored dtype: the shipped model keeps fp16 weights to stay small.
     model = load_saved_model(model_dir, dtype=torch.float32).to(device)
@@ -83,90 +143,98 @@ def load_classifier(
     def run(pixel_values: np.ndarray) -> np.ndarray:
         return model(pixel_values=torch.from_numpy(pixel_values).to(device)).logits.float().cpu().numpy()
 
-    return FerClassifier(model.config, run, backend=f"pytorch ({device})", model=model)
+    data_config = image_processor_for(model.config).data_config
+    return FerClassifier(read_model_config(model_dir), data_config, run, backend=f"pytorch ({device})", model=model)
 
 
-def _load_onnx(path: Path, model_dir: str | os.PathLike | None) -> FerClassifier:
+def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | None) -> FerClassifier:
     import onnxruntime
 
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no such ONNX file; create it with `python -m fer_hf.export MODEL_DIR --onnx {path}`."
         )
+    threads = threads or default_threads()
+    options = onnxruntime.SessionOptions()
+    # One thread per run, and a batch split across `threads` concurrent runs (a session is safe to run from several
+    # threads): as fast as ONNX Runtime's own 2 threads on the model alone, and much faster beside the thread that
+    # reads images, because no operator waits at a barrier for a thread the reader has displaced.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: its warnings are about graph rewrites, not the user's input
+    # AzureExecutionProvider (listed by the PyPI wheel) runs models remotely; never that.
+    providers = [p for p in onnxruntime.get_available_providers() if p != "AzureExecutionProvider"]
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=onnxruntime.get_available_providers())
+        session = onnxruntime.InferenceSession(str(path), options, providers=providers)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf types, not exported in a stable place
         raise ValueError(f"{path}: not a loadable ONNX model ({err}); export it again with fer_hf.export.") from err
-    embedded = session.get_modelmeta().custom_metadata_map.get(ONNX_CONFIG_KEY)
-    if embedded is not None:
-        config = TimmWrapperConfig.from_dict(json.loads(embedded))
+    metadata = session.get_modelmeta().custom_metadata_map
+    if ONNX_CONFIG_KEY in metadata:
+        config = json.loads(metadata[ONNX_CONFIG_KEY])
     elif model_dir is not None:
-        config = TimmWrapperConfig.from_pretrained(model_dir)
+        config = read_model_config(model_dir)
     else:
         raise ValueError(f"{path}: has no embedded fer_hf config; pass the model folder it came from with --model.")
+    if ONNX_DATA_CONFIG_KEY in metadata:
+        data_config = json.loads(metadata[ONNX_DATA_CONFIG_KEY])
+    else:  # exported before the data config was embedded: timm resolves it from the config (imports torch)
+        from transformers import TimmWrapperConfig
+
+        from fer_hf.modeling import image_processor_for
+
+        data_config = image_processor_for(TimmWrapperConfig.from_dict(config)).data_config
     input_name = session.get_inputs()[0].name
 
-    def run(pixel_values: np.ndarray) -> np.ndarray:
+    def run_one(pixel_values: np.ndarray) -> np.ndarray:
         return session.run(None, {input_name: pixel_values})[0]
 
-    return FerClassifier(config, run, backend=f"onnxruntime ({session.get_providers()[0]})")
+    pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="fer_hf-onnx") if threads > 1 else None
+
+    def run(pixel_values: np.ndarray) -> np.ndarray:
+        parts = np.array_split(pixel_values, min(threads, len(pixel_values))) if len(pixel_values) else []
+        if pool is None or len(parts) < 2:
+            return run_one(pixel_values)
+        others = [pool.submit(run_one, part) for part in parts[1:]]
+        return np.concatenate([run_one(parts[0]), *(future.result() for future in others)])
+
+    return FerClassifier(config, data_config, run, backend=f"onnxruntime ({session.get_providers()[0]}, "
+                         f"{threads} thread{'s' if threads > 1 else ''})")
 
 
-def tta_views(processor, tta: str, mode: str = "RGB") -> Callable[[Image.Image], torch.Tensor]:
-    """One face -> its (V, C, H, W) views: `none` the evaluation transform, `hflip` it and its mirror image,
-    `tencrop` four corner and one centre crop plus their mirrors."""
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}.")
-    base = eval_transform(processor)
-    if tta == "tencrop":
-        cfg = processor.data_config
-        size = cfg["input_size"][-1]
-        interpolation = T.InterpolationMode(cfg.get("interpolation", "bicubic"))
-        # An even margin keeps the centre crop centred, so the mirrored views are exact mirror images.
-        resized = size + 2 * round((size / TENCROP_FRACTION - size) / 2)
-        base = T.Compose([
-            T.Resize((resized, resized), interpolation=interpolation),
-            T.ToTensor(),
-            T.Normalize(cfg["mean"], cfg["std"]),
-            T.TenCrop(size),
-        ])
-
-    def views(image: Image.Image) -> torch.Tensor:
-        out = base(image.convert(mode))
-        if tta == "none":
-            return out.unsqueeze(0)
-        if tta == "hflip":
-            return torch.stack([out, out.flip(-1)])  # normalisation is per channel, so flipping commutes with it
-        return torch.stack(out)
-
-    return views
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def view_logits(
     classifier: FerClassifier, faces: Iterable[Image.Image], tta: str = "none", batch_size: int = 64
 ) -> np.ndarray:
-    """Logits of every view of every face: (N, V, num_labels). Faces are batched; views go in the same batch."""
-    to_views = classifier.views(tta)
-    per_face = {"none": 1, "hflip": 2, "tencrop": 10}[tta]
+    """Logits of every view of every face: (N, V, num_labels). Faces are batched; views go in the same batch. With
+    more than one batch, the next batch's faces are prepared in a background thread while the model runs."""
+    per_face = VIEWS_PER_FACE[check_tta(tta)]
     faces_per_batch = max(1, batch_size // per_face)
-    out: list[np.ndarray] = []
-    batch: list[torch.Tensor] = []
-    for face in faces:
-        batch.append(to_views(face))
-        if len(batch) == faces_per_batch:
-            out.append(_run_batch(classifier, batch))
-            batch = []
-    if batch:
-        out.append(_run_batch(classifier, batch))
+    chunks = _chunks(faces, faces_per_batch)
+    if isinstance(faces, Sequence) and len(faces) <= faces_per_batch:
+        prepared = (classifier.preprocess.prepare(chunk, tta) for chunk in chunks)  # one batch: no thread to start
+    else:
+        prepared = read_ahead(lambda chunk: classifier.preprocess.prepare(chunk, tta), chunks, depth=2)
+    out = [prepared_logits(classifier, batch, tta) for batch in prepared]
     if not out:
-        return np.zeros((0, per_face, classifier.config.num_labels), np.float32)
+        return np.zeros((0, per_face, len(classifier.label_names)), np.float32)
     return np.concatenate(out)
 
 
-def _run_batch(classifier: FerClassifier, batch: list[torch.Tensor]) -> np.ndarray:
-    stacked = torch.stack(batch)  # (B, V, C, H, W)
-    logits = classifier.logits(stacked.flatten(0, 1))
-    return logits.reshape(stacked.shape[0], stacked.shape[1], -1)
+def prepared_logits(classifier: FerClassifier, prepared: np.ndarray, tta: str = "none") -> np.ndarray:
+    """Logits (N, V, num_labels) of faces already through `classifier.preprocess.prepare`."""
+    views = classifier.preprocess.finish(prepared, tta)  # (N, V, C, H, W)
+    logits = classifier.logits(views.reshape(-1, *views.shape[2:]))
+    return logits.reshape(len(prepared), views.shape[1], -1)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -181,6 +249,8 @@ def evaluate_model(
 
     Each model's logits are averaged over its TTA views; several models (an ensemble) average their class
     probabilities. With one model the predictions are its logits' argmax either way."""
+    from fer_hf.metrics import classification_report
+
     classifiers = [classifiers] if isinstance(classifiers, FerClassifier) else list(classifiers)
     images, labels = list(images), np.asarray(labels)
     plain, augmented = [], []

@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 DETECTION_SIDE = 1024  # the cascade runs on a copy this size: seconds on a 48 MP photo become milliseconds
 MIN_FACE_SIZE = 30  # pixels at detection scale; the cascade's own window is 24x24
+# Each scale of the detector's image pyramid is this much larger than the last. 1.2 finds the same faces in about
+# 60% of the time on the test photos, with boxes a few pixels different (so different crops and scores).
+SCALE_FACTOR = 1.1
 CASCADE = "haarcascade_frontalface_alt2.xml"
 
 Box = tuple[int, int, int, int]  # x, y, width, height
@@ -30,7 +33,9 @@ Box = tuple[int, int, int, int]  # x, y, width, height
 class HaarFaceDetector:
     """OpenCV's frontal-face Haar cascade (alt2), shipped inside the opencv-python(-headless) 4.x wheel."""
 
-    def __init__(self, min_neighbors: int = 5, scale_factor: float = 1.1, min_face_size: int = MIN_FACE_SIZE):
+    def __init__(self, min_neighbors: int = 5, scale_factor: float = SCALE_FACTOR, min_face_size: int = MIN_FACE_SIZE):
+        if not scale_factor > 1:
+            raise ValueError(f"the detector's scale factor must be above 1, got {scale_factor}.")
         import cv2
 
         if not hasattr(cv2, "CascadeClassifier"):

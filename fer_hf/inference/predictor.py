@@ -16,8 +16,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fer_hf.inference.annotate import AnnotationTarget, draw_faces, video_writer
-from fer_hf.inference.classifier import FerClassifier, softmax
-from fer_hf.inference.faces import MIN_FACE_SIZE, Box, HaarFaceDetector, crop_face, whole_image_face
+from fer_hf.inference.background import read_ahead
+from fer_hf.inference.classifier import FerClassifier, prepared_logits, softmax
+from fer_hf.inference.faces import MIN_FACE_SIZE, SCALE_FACTOR, Box, HaarFaceDetector, crop_face, whole_image_face
 from fer_hf.inference.images import DEFAULT_MAX_MEGAPIXELS, ImageReadError, LoadedImage, list_images, read_image
 from fer_hf.labels import IMAGE_SUFFIXES
 
@@ -37,10 +38,12 @@ class FacePredictor:
         margin: float = 0.2,
         min_neighbors: int = 5,
         min_face_size: int = MIN_FACE_SIZE,
+        scale_factor: float = SCALE_FACTOR,
         tta: str = "none",
     ):
         self.classifier = classifier
-        self.detector = HaarFaceDetector(min_neighbors=min_neighbors, min_face_size=min_face_size) if detect else None
+        self.detector = HaarFaceDetector(min_neighbors=min_neighbors, min_face_size=min_face_size,
+                                         scale_factor=scale_factor) if detect else None
         self.margin = margin
         self.tta = tta
 
@@ -52,11 +55,16 @@ class FacePredictor:
         boxes = self.detector.detect(gray)
         return boxes, [crop_face(gray, box, self.margin) for box in boxes]
 
-    def classify(self, crops: list) -> np.ndarray:
-        """Class probabilities (N, num_labels)."""
-        if not crops:
+    def prepare(self, crops: list) -> np.ndarray:
+        """The crops through the per-face part of preprocessing (safe to run in a reading thread)."""
+        return self.classifier.preprocess.prepare(crops, self.tta)
+
+    def classify(self, crops: list | np.ndarray) -> np.ndarray:
+        """Class probabilities (N, num_labels) of crops, or of crops already through `prepare`."""
+        prepared = crops if isinstance(crops, np.ndarray) else self.prepare(crops)
+        if not len(prepared):
             return np.zeros((0, len(self.classifier.label_names)), np.float32)
-        return softmax(self.classifier.predict(crops, self.tta))
+        return softmax(prepared_logits(self.classifier, prepared, self.tta).mean(axis=1))
 
     def records(self, boxes: list[Box], probabilities: np.ndarray, scale: float) -> list[dict]:
         names = self.classifier.label_names
@@ -107,24 +115,28 @@ def predict_images(
 ) -> Iterator[dict]:
     """One record per file, in order: `{"file", "faces": [{"box", "label", "scores"}], "error"}`.
 
-    Files are read and their faces cropped a batch at a time; all faces of a batch go through the model together.
-    Decoded photos are dropped once cropped, unless they are still to be annotated (then batches are smaller).
+    A background thread reads the files, finds and crops their faces and prepares them for the model, up to a
+    batch ahead, while this one runs the model on the previous batch. Decoded photos are dropped once cropped, unless
+    they are still to be annotated (then batches are smaller).
     """
-    # (record, boxes, crops, scale to file pixels, the decoded photo only while it is still to be annotated)
-    pending: list[tuple[dict, list[Box], list, float, LoadedImage | None]] = []
     max_pending = min(batch_size, 4) if annotate else batch_size
+
+    def load(path: Path) -> tuple[dict, list[Box], np.ndarray | list, float, LoadedImage | None]:
+        # (record, boxes, prepared crops, scale to file pixels, the decoded photo only while it is to be annotated)
+        record = {"file": str(path), "faces": [], "error": None}
+        try:
+            image = read_image(path, max_megapixels)
+            boxes, crops = predictor.locate(image)
+        except ImageReadError as err:
+            record["error"] = str(err)
+            return record, [], [], 1.0, None
+        return record, boxes, predictor.prepare(crops) if crops else [], image.scale, image if annotate else None
+
+    pending: list[tuple[dict, list[Box], np.ndarray | list, float, LoadedImage | None]] = []
     progress = tqdm(total=len(files), unit="image", desc="predict", disable=None if len(files) > 1 else True)
     try:
-        for path in files:
-            record = {"file": str(path), "faces": [], "error": None}
-            try:
-                image = read_image(path, max_megapixels)
-                boxes, crops = predictor.locate(image)
-            except ImageReadError as err:
-                record["error"] = str(err)
-                pending.append((record, [], [], 1.0, None))
-            else:
-                pending.append((record, boxes, crops, image.scale, image if annotate else None))
+        for loaded in read_ahead(load, files, depth=max_pending):
+            pending.append(loaded)
             if len(pending) >= max_pending or sum(len(p[2]) for p in pending) >= batch_size:
                 yield from _flush(predictor, pending, annotate)
                 progress.update(len(pending))
@@ -136,7 +148,8 @@ def predict_images(
 
 
 def _flush(predictor: FacePredictor, pending: list, annotate: AnnotationTarget | None) -> Iterator[dict]:
-    probabilities = predictor.classify([crop for _, _, crops, _, _ in pending for crop in crops])
+    prepared = [crops for _, _, crops, _, _ in pending if len(crops)]
+    probabilities = predictor.classify(np.concatenate(prepared) if prepared else [])
     start = 0
     for record, boxes, crops, scale, image in pending:
         record["faces"] = predictor.records(boxes, probabilities[start: start + len(crops)], scale)

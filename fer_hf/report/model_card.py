@@ -17,10 +17,10 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from fer_hf.labels import split_display_name
 from fer_hf.metrics import SUMMARY_KEYS
+from fer_hf.model_files import CONFIG_FILE
 from fer_hf.report.tables import PAPER_BASELINES, markdown_table, per_class_table
 from fer_hf.run_dir import (
     ACCURACY_FIGURE,
-    CONFIG_FILE,
     LOSS_FIGURE,
     confusion_file,
     read_args,

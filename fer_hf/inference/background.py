@@ -1,0 +1,28 @@
+"""Work done one step ahead in a background thread, so that reading and preparing images overlaps with the model."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def read_ahead(function: Callable[[T], R], items: Iterable[T], depth: int) -> Iterator[R]:
+    """`function(item)` for each item, in order, computed by one background thread at most `depth` items ahead of
+    the consumer (so memory stays bounded). One thread, not a pool: OpenCV's cascade is not safe to share between
+    threads, and decoding and detection already run their heavy parts outside the GIL."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fer_hf-read")
+    queue: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            queue.append(pool.submit(function, item))
+            if len(queue) > depth:
+                yield queue.popleft().result()
+        while queue:
+            yield queue.popleft().result()
+    finally:  # the consumer stopped early or failed: drop what was read ahead
+        pool.shutdown(wait=True, cancel_futures=True)

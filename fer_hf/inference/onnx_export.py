@@ -1,0 +1,158 @@
+"""A saved model folder to an ONNX file, and the cache that lets the `auto` backend run a folder on ONNX Runtime.
+
+The graph takes `pixel_values` (batch, C, H, W), normalised as the model's image processor does, and returns
+`logits` (batch, 7). The model's config.json and its resolved timm data config are embedded in the file's metadata,
+so the file runs without the folder, and without torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fer_hf.model_files import CONFIG_FILE, LEGACY_WEIGHTS_FILE, WEIGHTS_FILE, read_model_config
+
+logger = logging.getLogger(__name__)
+
+ONNX_CONFIG_KEY = "fer_hf.config"  # metadata entry of an exported .onnx holding the model's config.json
+ONNX_DATA_CONFIG_KEY = "fer_hf.data_config"  # ... and its resolved timm data config (size, crop, mean, std)
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 18
+# Part of every cache key: bump it when what export_onnx writes changes, so older cached files are not reused.
+CACHE_FORMAT = "fer_hf-onnx-2"
+CACHE_PARITY_TOLERANCE = 1e-3  # max abs logit difference on random inputs before a cached export is trusted
+
+
+class ExportParityError(RuntimeError):
+    """ONNX Runtime's logits differ from PyTorch's by more than the tolerance."""
+
+
+def export_onnx(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, opset: int = DEFAULT_OPSET,
+                model=None) -> Path:
+    """Write `onnx_path` from a saved model folder (or its already loaded PyTorch `model`): dynamic batch axis,
+    config and data config embedded in the metadata. The file appears whole or not at all."""
+    import onnx
+    import torch
+
+    from fer_hf.modeling import image_processor_for, load_saved_model
+
+    class LogitsOnly(torch.nn.Module):  # the transformers model returns a ModelOutput; ONNX wants a plain tensor
+        def __init__(self, model: torch.nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            return self.model(pixel_values=pixel_values).logits
+
+    config = read_model_config(model_dir)
+    model = model if model is not None else load_saved_model(model_dir, dtype=torch.float32)
+    data_config = image_processor_for(model.config).data_config
+    channels, height, width = data_config["input_size"]
+    example = torch.zeros(2, channels, height, width, device=next(model.parameters()).device)
+    onnx_path = Path(onnx_path)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    # Exported and checked beside the target, then renamed over it: a kill never leaves half an .onnx file.
+    partial = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.partial")
+    try:
+        # torch's exporter reports its progress with print(); stdout may be a JSON answer (`predict --json`).
+        with contextlib.redirect_stdout(sys.stderr):
+            torch.onnx.export(
+                LogitsOnly(model).eval(),
+                (example,),
+                str(partial),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+                external_data=False,  # one self-contained file; a ResNet-50 is ~100 MB, far below protobuf's 2 GB
+            )
+        exported = onnx.load(str(partial))
+        onnx.checker.check_model(exported)
+        for key, value in ((ONNX_CONFIG_KEY, json.dumps(config)),
+                           (ONNX_DATA_CONFIG_KEY, json.dumps(_jsonable(data_config)))):
+            entry = exported.metadata_props.add()
+            entry.key, entry.value = key, value
+        exported.doc_string = (f"fer_hf FER-2013 classifier exported from {Path(model_dir).name}: pixel_values -> "
+                               "logits")
+        onnx.save(exported, str(partial))
+        os.replace(partial, onnx_path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return onnx_path
+
+
+def _jsonable(data_config: dict) -> dict:
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in data_config.items()}
+
+
+# ----------------------------------------------------------------------------------------------------- the cache
+
+
+def cache_dir() -> Path:
+    """FER_HF_CACHE, else $XDG_CACHE_HOME/fer_hf, else ~/.cache/fer_hf."""
+    if os.environ.get("FER_HF_CACHE"):
+        return Path(os.environ["FER_HF_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "fer_hf"
+
+
+def cache_key(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET) -> str:
+    """A digest of what the export depends on: the folder's config and weights (by content, so a retrained folder
+    at the same path gets a new file), the opset and the export format."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|opset{opset}|".encode())
+    for name in (CONFIG_FILE, WEIGHTS_FILE, LEGACY_WEIGHTS_FILE):
+        path = Path(model_dir) / name
+        if path.is_file():
+            digest.update(name.encode())
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:24]
+
+
+def cached_onnx(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Path:
+    """The ONNX export of `model_dir`, made on first use (and checked against PyTorch on random inputs) and kept in
+    `cache_dir()/onnx/`; later calls only hash the folder. Where the cache cannot be written, the export goes to a
+    temporary folder for this process."""
+    key = cache_key(model_dir, opset)
+    target = cache_dir() / "onnx" / f"{Path(model_dir).resolve().name}-{key}.onnx"
+    if target.is_file():
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe = target.with_name(f".probe.{os.getpid()}")
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        import tempfile
+
+        logger.warning("%s: cannot write the ONNX cache (%s); exporting to a temporary folder (set FER_HF_CACHE to "
+                       "a writable folder to keep it).", target.parent, err)
+        target = Path(tempfile.mkdtemp(prefix="fer_hf_onnx_")) / target.name
+    logger.warning("%s: first run on ONNX Runtime: exporting it once (seconds), cached as %s", model_dir, target)
+    import onnxruntime
+    import torch
+
+    from fer_hf.modeling import load_saved_model
+
+    model = load_saved_model(model_dir, dtype=torch.float32)
+    export_onnx(model_dir, target, opset, model=model)
+    channels, height, width = model.config.pretrained_cfg["input_size"]
+    pixels = np.random.default_rng(0).standard_normal((3, channels, height, width), dtype=np.float32)
+    with torch.inference_mode():
+        reference = model(pixel_values=torch.from_numpy(pixels)).logits.numpy()
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    difference = float(np.abs(session.run(None, {INPUT_NAME: pixels})[0] - reference).max())
+    if not difference < CACHE_PARITY_TOLERANCE:
+        target.unlink(missing_ok=True)
+        raise ExportParityError(f"the ONNX export's logits differ from PyTorch's by {difference:.2e}")
+    return target

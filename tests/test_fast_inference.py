@@ -1,0 +1,200 @@
+"""The fast inference path (issue 14): the same predictions as the reference path (timm's transform per face, the
+PyTorch model) on real faces with either backend, the cached ONNX export behind the `auto` backend, reading ahead
+in a background thread, and what `predict` imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fer_hf import predict as fer_predict
+from fer_hf.inference import classifier as classifier_module
+from fer_hf.inference import onnx_export
+from fer_hf.inference.background import read_ahead
+from fer_hf.inference.classifier import choose_backend, load_classifier, view_logits
+from fer_hf.labels import LABEL_NAMES
+from fer_hf.model_files import DEFAULT_MODEL_DIR, ModelFolderError
+from fer_hf.modeling import image_processor_for, load_saved_model
+
+NUM_FACES = 600
+
+
+@pytest.fixture(scope="module")
+def faces_and_reference(fer2013):
+    """Real PrivateTest faces and the reference logits: the processor's own `val_transforms` per face and the
+    shipped PyTorch model, as predict, evaluate and the demo computed them before the fast path."""
+    faces = list(fer2013["test"].select(range(NUM_FACES))["image"])
+    model = load_saved_model(DEFAULT_MODEL_DIR)
+    transform = image_processor_for(model.config).val_transforms
+    with torch.inference_mode():
+        batches = [torch.stack([transform(face.convert("RGB")) for face in faces[i: i + 100]])
+                   for i in range(0, len(faces), 100)]
+        reference = torch.cat([model(pixel_values=batch).logits for batch in batches]).numpy()
+    return faces, reference
+
+
+@pytest.mark.parametrize("backend", ["pytorch", "onnxruntime"])
+def test_fast_path_predicts_what_the_reference_path_did(faces_and_reference, backend):
+    faces, reference = faces_and_reference
+    classifier = load_classifier(backend=backend, device="cpu")
+    assert classifier.backend.startswith(backend)
+    logits = classifier.predict(faces, batch_size=64)
+    assert np.array_equal(logits.argmax(-1), reference.argmax(-1))
+    # PyTorch sees bit-identical inputs (only batch composition differs); ONNX Runtime's kernels differ in rounding.
+    assert np.abs(logits - reference).max() < (1e-4 if backend == "pytorch" else 1e-3)
+
+
+def test_predict_on_a_folder_of_crops_gives_the_reference_labels(faces_and_reference, tmp_path, capsys):
+    faces, reference = faces_and_reference
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for i, face in enumerate(faces[:200]):
+        face.save(folder / f"{i:04d}.png")
+    outputs = {}
+    for backend in ("auto", "pytorch"):
+        args = [str(folder), "--no_detect", "--json", "--backend", backend, "--batch_size", "16"]
+        assert fer_predict.main(args) == 0
+        outputs[backend] = json.loads(capsys.readouterr().out)
+    for records in outputs.values():
+        assert [r["file"] for r in records] == [str(folder / f"{i:04d}.png") for i in range(200)]  # input order
+        labels = [r["faces"][0]["label"] for r in records]
+        assert labels == [LABEL_NAMES[i] for i in reference[:200].argmax(-1)]
+    worst = max(abs(a["faces"][0]["scores"][k] - b["faces"][0]["scores"][k])
+                for a, b in zip(outputs["auto"], outputs["pytorch"], strict=True) for k in LABEL_NAMES)
+    assert worst <= 1.01e-4  # scores are rounded to 4 decimals: the backends differ by at most the last digit
+
+
+def test_auto_exports_once_then_reuses_the_cached_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("FER_HF_CACHE", str(tmp_path / "cache"))
+    first = load_classifier()
+    assert first.backend.startswith("onnxruntime")
+    (cached,) = (tmp_path / "cache" / "onnx").glob("default_model-*.onnx")
+    stamp = cached.stat().st_mtime_ns
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
+    second = load_classifier()
+    assert cached.stat().st_mtime_ns == stamp and second.data_config == first.data_config
+    assert second.label_names == first.label_names
+    # the file runs alone: config and data config are in its metadata
+    alone = load_classifier(onnx_path=cached)
+    assert alone.data_config == first.data_config and alone.config["architecture"] == first.config["architecture"]
+
+
+def test_a_changed_model_gets_a_new_cache_key(tmp_path):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, copy)
+    key = onnx_export.cache_key(copy)
+    assert key == onnx_export.cache_key(DEFAULT_MODEL_DIR)  # by content, not by path
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    assert onnx_export.cache_key(copy) != key
+
+
+def test_an_unwritable_cache_exports_to_a_temporary_folder(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("FER_HF_CACHE", str(blocker))
+    path = onnx_export.cached_onnx(DEFAULT_MODEL_DIR)
+    assert path.is_file() and not path.is_relative_to(blocker)
+    assert "cannot write the ONNX cache" in caplog.text
+
+
+def test_auto_falls_back_to_pytorch_when_the_export_fails(monkeypatch, caplog):
+    def broken(model_dir, opset=18):
+        raise RuntimeError("an operator ONNX has no equivalent for")
+
+    monkeypatch.setattr(classifier_module, "cached_onnx", broken)
+    assert load_classifier(device="cpu").backend.startswith("pytorch")
+    assert "could not run it on ONNX Runtime (RuntimeError: an operator" in caplog.text
+    with pytest.raises(RuntimeError, match="an operator"):
+        load_classifier(backend="onnxruntime")
+    with pytest.raises(ModelFolderError):  # not a model: said before any export is tried
+        load_classifier(DEFAULT_MODEL_DIR.parent / "inference")
+
+
+def test_backend_choice(monkeypatch):
+    monkeypatch.setattr(classifier_module, "nvidia_gpu_visible", lambda: False)
+    assert choose_backend("auto", None) == "onnxruntime" and choose_backend("auto", "cpu") == "onnxruntime"
+    assert choose_backend("auto", "cuda") == "pytorch" and choose_backend("pytorch", None) == "pytorch"
+    monkeypatch.setattr(classifier_module, "nvidia_gpu_visible", lambda: True)
+    assert choose_backend("auto", None) == "pytorch" and choose_backend("auto", "cpu") == "onnxruntime"
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        choose_backend("onnxruntime", "cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_classifier(backend="tensorrt")
+    with pytest.raises(ValueError, match="--backend must be one of"):
+        fer_predict.PredictArguments(backend="tensorrt")
+
+
+def test_views_are_batched_whole_whatever_the_batch_size(faces_and_reference):
+    faces, _ = faces_and_reference
+    classifier = load_classifier(backend="onnxruntime")
+    whole = view_logits(classifier, faces[:7], "tencrop", batch_size=1000)
+    split = view_logits(classifier, faces[:7], "tencrop", batch_size=25)  # 2 faces (20 views) per batch
+    assert whole.shape == split.shape == (7, 10, 7) and np.allclose(whole, split, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+
+
+def test_read_ahead_keeps_order_and_bounds_what_is_in_flight():
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> int:
+        with lock:
+            started.append(i)
+        time.sleep(0.001 * (i % 3))
+        return i * i
+
+    seen = []
+    for i, value in enumerate(read_ahead(work, range(50), depth=4)):
+        with lock:
+            assert len(started) <= i + 5  # at most `depth` items beyond the one consumed (+1 submitted)
+        seen.append(value)
+    assert seen == [i * i for i in range(50)]
+
+
+def test_read_ahead_raises_the_workers_error_and_stops_early():
+    def work(i: int) -> int:
+        if i == 3:
+            raise MemoryError("photo 3")
+        return i
+
+    with pytest.raises(MemoryError, match="photo 3"):
+        list(read_ahead(work, range(10), depth=2))
+    calls = []
+    stream = read_ahead(lambda i: calls.append(i) or i, range(1000), depth=3)
+    assert next(stream) == 0
+    stream.close()  # the consumer stops: nothing more is read
+    assert len(calls) <= 5
+
+
+def test_predict_help_and_a_cached_onnx_run_never_import_torch(tmp_path):
+    """Start-up: `--help` imports neither torch nor datasets; a photo on the cached ONNX export needs no torch."""
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    load_classifier()  # make sure the session's cache holds the shipped model's export
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(skimage_data.astronaut()).save(photo)
+    probe = ("import runpy, sys; sys.argv = ['fer_hf.predict', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('fer_hf.predict', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "heavy = sorted(m for m in ('torch', 'timm', 'datasets', 'transformers.modeling_utils')\n"
+             "               if m in sys.modules)\n"
+             "print('HEAVY', heavy, file=sys.stderr)")
+    for args in (["--help"], [str(photo), "--json"]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert "HEAVY []" in done.stderr, (args, done.stderr[-2000:])
+    assert json.loads(done.stdout)[0]["faces"][0]["label"]

@@ -1,0 +1,87 @@
+"""fer_hf.inference.preprocess: the numpy/Pillow batch preprocessing equals timm's own evaluation transform (and
+torchvision's TenCrop) to the bit, on real faces and on photos of other shapes and modes, for every crop mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm.data
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from fer_hf.inference.preprocess import TENCROP_FRACTION, FacePreprocessor
+
+
+def _config(size, crop_pct, crop_mode, interpolation="bicubic", channels=3, mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5)):
+    return {"input_size": (channels, size, size), "interpolation": interpolation, "mean": mean[:channels],
+            "std": std[:channels], "crop_pct": crop_pct, "crop_mode": crop_mode}
+
+
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+CONFIGS = [
+    _config(80, 1.0, "center"),  # the shipped model
+    _config(64, 1.0, "center", "bicubic"),
+    _config(48, 0.95, "center", "bilinear", **IMAGENET),  # timm's resnet a1 recipe at FER size
+    _config(224, 0.875, "center", "bilinear", **IMAGENET),
+    _config(112, 0.9, "squash", "bicubic", **IMAGENET),
+    _config(96, 1.0, "border", "bilinear", **IMAGENET),
+    _config(72, 1.15, "center", "bicubic", **IMAGENET),  # crop_pct > 1: the crop pads with black
+    _config(72, 1.15, "border", "bicubic", **IMAGENET),  # ... or with the mean colour
+    _config(64, 1.0, "center", "lanczos", channels=1, mean=(0.5,), std=(0.25,)),  # a grayscale-input backbone
+]
+
+
+def _timm_reference(config, faces):
+    transform = timm.data.create_transform(**config, is_training=False)
+    mode = "L" if config["input_size"][0] == 1 else "RGB"
+    return torch.stack([transform(face.convert(mode)) for face in faces]).numpy()
+
+
+@pytest.fixture(scope="module")
+def faces(fer2013):
+    """Real PrivateTest faces (48x48, mode L) and photos of other shapes and modes."""
+    real = list(fer2013["test"].select(range(40))["image"])
+    rng = np.random.default_rng(0)
+    others = [Image.fromarray(rng.integers(0, 256, (61, 47, 3), dtype=np.uint8)),  # RGB, taller than wide
+              Image.fromarray(rng.integers(0, 256, (30, 90), dtype=np.uint8)),  # L, wide
+              Image.fromarray(rng.integers(0, 256, (50, 50, 4), dtype=np.uint8), "RGBA"),
+              real[0].convert("P")]
+    return real + others
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c['input_size'][1]}px-{c['crop_mode']}-"
+                         f"{c['crop_pct']}-{c['interpolation']}-{c['input_size'][0]}ch")
+def test_equals_timms_evaluation_transform_to_the_bit(config, faces):
+    ours = FacePreprocessor(config)(faces)
+    assert ours.shape == (len(faces), 1, *config["input_size"]) and ours.dtype == np.float32
+    reference = _timm_reference(config, faces)
+    assert np.array_equal(ours[:, 0], reference), np.abs(ours[:, 0] - reference).max()
+
+
+def test_flip_and_ten_crop_views(faces):
+    config = CONFIGS[0]
+    preprocess = FacePreprocessor(config)
+    plain = preprocess(faces)
+    flipped = preprocess(faces, "hflip")
+    assert np.array_equal(flipped[:, 0], plain[:, 0]) and np.array_equal(flipped[:, 1], plain[:, 0, ..., ::-1])
+    size = config["input_size"][-1]
+    resized = size + 2 * round((size / TENCROP_FRACTION - size) / 2)
+    reference_transform = T.Compose([T.Resize((resized, resized), interpolation=T.InterpolationMode.BICUBIC),
+                                     T.ToTensor(), T.Normalize(config["mean"], config["std"]), T.TenCrop(size)])
+    reference = np.stack([torch.stack(reference_transform(face.convert("RGB"))).numpy() for face in faces])
+    ten = preprocess(faces, "tencrop")
+    assert ten.shape == (len(faces), 10, 3, size, size)
+    assert np.array_equal(ten, reference)
+    assert np.array_equal(ten[:, 5], ten[:, 1, ..., ::-1])  # the mirrored top-left is the top-right, mirrored
+
+
+def test_empty_batches_and_bad_modes():
+    preprocess = FacePreprocessor(CONFIGS[0])
+    assert preprocess([], "none").shape == (0, 1, 3, 80, 80)
+    assert preprocess([], "tencrop").shape == (0, 10, 3, 80, 80)
+    with pytest.raises(ValueError, match="tta must be one of"):
+        preprocess([], "fivecrop")
+    with pytest.raises(ValueError, match="interpolation"):
+        FacePreprocessor({**CONFIGS[0], "interpolation": "random"})
