@@ -1,0 +1,41 @@
+import json, os, statistics, subprocess, sys, time
+from pathlib import Path
+env = {**os.environ, "OMP_NUM_THREADS": "2"}
+def run(cmd, repeats=1):
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter(); subprocess.run(cmd, cwd="/tmp/before", env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); ts.append(time.perf_counter() - t)
+    return round(statistics.median(ts), 2)
+from PIL import Image
+from skimage import data
+Image.fromarray(data.astronaut()).save("/tmp/astronaut.png")
+out = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd="/tmp/before", capture_output=True, text=True).stdout.strip(),
+       "predict_folder_s": run([sys.executable, "-m", "fer_hf.predict", "/tmp/pt_png", "--no_detect", "--json"]),
+       "one_photo_run_s": run([sys.executable, "-m", "fer_hf.predict", "/tmp/astronaut.png"], 3),
+       "help_s": run([sys.executable, "-m", "fer_hf.predict", "--help"], 3)}
+out["predict_folder_faces_per_s"] = round(3589 / out["predict_folder_s"], 1)
+# in-process: photo latency and evaluate speed of the old code
+code = r'''
+import json, statistics, time, sys
+sys.path.insert(0, "/tmp/before")
+import numpy as np, torch
+torch.set_num_threads(2)
+from skimage import data
+from fer_hf.inference.classifier import load_classifier, evaluate_model
+from fer_hf.inference.predictor import FacePredictor
+from fer_hf.inference.images import LoadedImage
+from fer_hf.data.load import load_fer2013
+c = load_classifier(device="cpu"); p = FacePredictor(c)
+img = LoadedImage.from_array(data.astronaut(), "a"); p.faces(img)
+ts = []
+for _ in range(10):
+    t = time.perf_counter(); p.faces(img); ts.append(1000 * (time.perf_counter() - t))
+test = load_fer2013("/work/shared/data/fer2013")["test"]
+faces, labels = list(test["image"]), list(test["label"])
+t = time.perf_counter(); evaluate_model(c, faces, labels, batch_size=32); ev = len(faces) / (time.perf_counter() - t)
+print(json.dumps({"photo_ms": round(statistics.median(ts), 1), "evaluate_faces_per_s": round(ev, 1), "file": __import__("fer_hf").__file__}))
+'''
+r = subprocess.run([sys.executable, "-c", code], cwd="/tmp", env=env, capture_output=True, text=True)
+out.update(json.loads(r.stdout.strip().splitlines()[-1]))
+print(json.dumps(out))
+Path("/tmp/before_bench.json").write_text(json.dumps(out, indent=2))
