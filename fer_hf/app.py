@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fer_hf import cli
+from fer_hf.hub import is_hub_id
 from fer_hf.inference.classifier import load_classifier
 from fer_hf.inference.demo import Analysis, analyse_file, card_accuracies, describe_accuracies
 from fer_hf.inference.images import DEFAULT_MAX_MEGAPIXELS
@@ -65,7 +66,7 @@ def model_folder(model: str | None) -> Path:
         return DEFAULT_MODEL_DIR
     if Path(model).expanduser().is_dir():
         return Path(model).expanduser()
-    if model.count("/") != 1 or Path(model).suffix:
+    if not is_hub_id(model) or Path(model).suffix:  # `model.onnx`, `run/config.json`: a path that is not there
         raise FileNotFoundError(f"{model}: no such model folder (nor a Hub id of the form USER/NAME).")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     (args,) = cli.parse(cli.make_parser("fer_hf.app", __doc__, AppArguments), argv)
     cli.setup_logging()
     if args.export_space:
-        if args.model is None or Path(args.model).expanduser().exists() or args.model.count("/") != 1:
+        if not is_hub_id(args.model):
             raise ValueError("--export_space needs --model USER/NAME: a Space loads its model from the Hub "
                              "(push a run with python -m fer_hf.push first).")
         print(f"Space folder written to {export_space(args.export_space, args.model)}")

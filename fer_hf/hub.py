@@ -1,13 +1,24 @@
-"""Hugging Face Hub access checks, run before any work so a missing login fails in seconds, not after training."""
+"""Hugging Face Hub: what reads as a repo id, and access checks run before any work so a missing login fails in
+seconds, not after training."""
 
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
 logger = logging.getLogger(__name__)
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # USER/NAME, as the Hub allows them
+
+
+def is_hub_id(name: str | None) -> bool:
+    """Whether `name` reads as a Hub repo id (`USER/NAME`) rather than a local path: one slash, and nothing of that
+    name here."""
+    return bool(name and REPO_ID.fullmatch(name)) and not Path(name).expanduser().exists()
 
 
 class HubAccessError(RuntimeError):

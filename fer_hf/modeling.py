@@ -17,12 +17,15 @@ from timm.models import adapt_input_conv, get_pretrained_cfg, split_model_name_t
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, TimmWrapperImageProcessor
 
 from fer_hf.labels import id2label, label2id
-from fer_hf.model_files import WEIGHTS_FILE, ModelFolderError, read_model_config
+from fer_hf.model_files import DEFAULT_MODEL_DIR, WEIGHTS_FILE, ModelFolderError, read_model_config
 from fer_hf.weights import resolve, timm_name
 
 logger = logging.getLogger(__name__)
 
 WRAPPER_PREFIX = "timm_model."
+# DEFAULT_MODEL_DIR and ModelFolderError live in fer_hf.model_files (no torch there); they stay importable from here.
+__all__ = ["DEFAULT_MODEL_DIR", "ModelFolderError", "PretrainedWeightsUnavailableError", "build_model",
+           "image_processor_for", "load_saved_model", "load_timm_model"]
 
 
 class PretrainedWeightsUnavailableError(OSError):

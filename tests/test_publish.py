@@ -190,3 +190,13 @@ def test_card_of_a_one_channel_model_gives_a_snippet_that_works(tmp_path, monkey
     expected = softmax(load_classifier(model_dir, device="cpu").predict([Image.open(tmp_path / "face.jpg")]))[0]
     assert list(printed) == list(LABEL_NAMES)
     assert np.allclose(list(printed.values()), expected, atol=1e-4)
+
+
+def test_what_reads_as_a_hub_id(tmp_path, monkeypatch):
+    from fer_hf.hub import is_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    assert is_hub_id("someone/fer-lite0")
+    assert not any(is_hub_id(name) for name in (None, "", "fer-lite0", "a/b/c", "/abs"))
+    (tmp_path / "someone" / "fer-lite0").mkdir(parents=True)
+    assert not is_hub_id("someone/fer-lite0")  # a local folder of that name wins

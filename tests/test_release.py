@@ -22,7 +22,7 @@ def test_release_writes_fp16_weights_measured_as_shipped(trained_run, tmp_path):
         dtypes = {weights.get_tensor(k).dtype for k in weights.keys()}
     assert dtypes == {torch.float16, torch.int64}  # int64: BatchNorm's num_batches_tracked counters
     assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
-    classifier = load_classifier(out, device="cpu")
+    classifier = load_classifier(out, device="cpu", backend="pytorch")
     assert next(classifier.model.parameters()).dtype == torch.float32
     assert not (tmp_path / "shipped.partial").exists()
     # The recorded figures are those of the fp16 weights on the named splits, in the training run's schema.

@@ -15,6 +15,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from fer_hf.hub import is_hub_id
 from fer_hf.labels import split_display_name
 from fer_hf.metrics import SUMMARY_KEYS
 from fer_hf.model_files import CONFIG_FILE
@@ -40,10 +41,6 @@ FIGURES = {
     ACCURACY_FIGURE: "Training and validation accuracy per step (best checkpoint marked)",
     LOSS_FIGURE: "Validation loss per step (training loss faint)",
 }
-
-
-def _is_hub_id(name: str | None) -> bool:
-    return bool(name) and not Path(name).expanduser().exists() and name.count("/") == 1
 
 
 def _fmt(value: Any) -> str:
@@ -90,7 +87,7 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
     labels = [labels[k] for k in sorted(labels, key=int)]
     dataset = str(args.get("dataset", "unknown"))
     synthetic = dataset == "synthetic"
-    dataset_label = dataset if _is_hub_id(dataset) else Path(dataset).name  # no local paths in a public card
+    dataset_label = dataset if is_hub_id(dataset) else Path(dataset).name  # no local paths in a public card
     base_model = args.get("model_name_or_path")
     pretrained = bool(args.get("pretrained", False))
     model_id = repo_id or args.get("hub_model_id") or str(final)
@@ -102,7 +99,7 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
     data_name = "synthetic faces (fer_hf.data.synthetic)" if synthetic else "FER-2013"
     eval_results = [
         EvalResult(task_type="image-classification", task_name="Facial expression recognition",
-                   dataset_type="synthetic" if synthetic else (dataset if _is_hub_id(dataset) else "fer2013"),
+                   dataset_type="synthetic" if synthetic else (dataset if is_hub_id(dataset) else "fer2013"),
                    dataset_name=data_name, dataset_split=split, metric_type=metric, metric_value=round(value, 4),
                    metric_name=metric_name)
         for split, report in results.items() if report
@@ -114,8 +111,8 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
         library_name="transformers",
         pipeline_tag="image-classification",
         tags=["image-classification", "timm", "facial-expression-recognition", "fer2013", "fer_hf"],
-        base_model=base_model if pretrained and _is_hub_id(base_model) else None,
-        datasets=[dataset] if _is_hub_id(dataset) else None,
+        base_model=base_model if pretrained and is_hub_id(base_model) else None,
+        datasets=[dataset] if is_hub_id(dataset) else None,
         metrics=["accuracy", "f1", "precision", "recall"],
         model_name=name,
         eval_results=eval_results or None,
