@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import enum
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -18,6 +19,8 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from fer_hf.labels import SPLITS
+
+logger = logging.getLogger(__name__)
 
 # Where images are cropped, flipped, resized and normalised; see DataArguments.augment_on.
 AugmentOn = Literal["auto", "device", "cpu", "per_sample"]
@@ -245,6 +248,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     if leftover:
         parser.error(f"unrecognized arguments: {' '.join(leftover)}")
     model_args, data_args, training_args = outputs[: len(ARGUMENT_CLASSES)]
+    if training_args.max_steps > 0 and "--num_train_epochs" in tokens:
+        # transformers' rule (max_steps wins) is kept, since smoke runs shorten a recipe this way; said, not silent.
+        logger.warning("--max_steps %d overrides num_train_epochs %g: training stops after %d optimizer steps.",
+                       training_args.max_steps, training_args.num_train_epochs, training_args.max_steps)
     return model_args, data_args, training_args
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import center_inside, require_module
@@ -556,3 +556,98 @@ def test_contradictory_options_are_refused_before_the_first_step(tmp_path):
                     "--save_steps", "5"])
     with pytest.raises(ValueError, match="--eval_split test"):
         parse_args([*base, "--eval_strategy", "epoch", "--save_strategy", "epoch", "--eval_split", "test"])
+
+
+def test_max_steps_with_epochs_is_said_before_the_first_step(tmp_path, caplog):
+    from fer_hf.config import parse_args
+
+    base = ["--output_dir", str(tmp_path), "--report_to", "none"]
+    *_, training = parse_args([*base, "--num_train_epochs", "12", "--max_steps", "20"])
+    assert training.max_steps == 20  # transformers' rule: the step cap wins
+    assert "--max_steps 20 overrides num_train_epochs 12" in caplog.text
+    caplog.clear()
+    parse_args([*base, "--max_steps", "20"])
+    parse_args([*base, "--num_train_epochs", "2"])
+    assert "overrides" not in caplog.text
+
+
+@st.composite
+def sweep_files(draw):
+    """W&B sweep configurations: a valid one over real arguments, then none to three hostile changes (unknown or
+    mistyped parameters, every kind of YAML value and W&B distribution, a wrong method, metric or cap, a stray
+    key)."""
+    from fer_hf.config import argument_names
+
+    valid = {
+        "learning_rate": st.one_of(
+            st.fixed_dictionaries({"values": st.lists(st.sampled_from([1e-4, 1e-3, 0.01]), min_size=1, max_size=3)}),
+            st.fixed_dictionaries({"distribution": st.just("log_uniform_values"), "min": st.just(1e-5),
+                                   "max": st.just(1e-2)})),
+        "seed": st.fixed_dictionaries({"values": st.lists(st.integers(0, 99), min_size=1, max_size=2)}),
+        "optim": st.fixed_dictionaries({"values": st.just(["adamw_torch", "adafactor"])}),
+        "weight_decay": st.fixed_dictionaries({"distribution": st.just("uniform"), "min": st.just(0.0),
+                                               "max": st.floats(0.01, 0.1)}),
+    }
+    names = draw(st.lists(st.sampled_from(sorted(valid)), min_size=1, max_size=3, unique=True))
+    config = {"program": "fer_hf/train.py", "command": ["accelerate", "launch", "-m", "fer_hf.train", "${args}"],
+              "method": draw(st.sampled_from(["grid", "random", "bayes"])),
+              "metric": {"name": "eval/accuracy", "goal": "maximize"}, "run_cap": 2,
+              "parameters": {name: draw(valid[name]) for name in names}}
+    hostile_spec = st.one_of(
+        _YAML_VALUES,
+        st.fixed_dictionaries({"values": st.lists(_YAML_VALUES, min_size=1, max_size=2)}),
+        st.fixed_dictionaries({"distribution": st.sampled_from(["uniform", "int_uniform", "normal", "categorical",
+                                                                "nope"]),
+                               "min": st.one_of(st.integers(-2, 2), st.floats(0, 1)),
+                               "max": st.one_of(st.integers(0, 9), st.floats(0, 1))}),
+    )
+    for _ in range(draw(st.integers(0, 3))):
+        change = draw(st.sampled_from(["parameter", "unknown", "method", "metric", "run_cap", "stray", "command"]))
+        if change == "parameter":
+            config["parameters"][draw(st.sampled_from(sorted(argument_names())))] = draw(hostile_spec)
+        elif change == "unknown":
+            config["parameters"][draw(st.sampled_from(["lr", "epochs", "nonsense_flag"]))] = {"values": [1]}
+        elif change == "method":
+            config["method"] = draw(st.sampled_from(["hyperband", 7, None]))
+        elif change == "metric":
+            config["metric"] = draw(st.sampled_from([None, {"name": "test/accuracy"}, {"name": "acc"},
+                                                     {"name": "eval/loss", "goal": "up"}]))
+        elif change == "run_cap":
+            config["run_cap"] = draw(st.sampled_from([0, -1, "3", None]))
+        elif change == "command":
+            config["command"] = draw(st.sampled_from([["python", "-m", "fer_hf.evaluate", "${args}"], "train",
+                                                      ["accelerate", "launch", "-m", "fer_hf.train"]]))
+        else:
+            config[draw(st.sampled_from(["early_terminate", "scheduler", "stray"]))] = draw(_YAML_VALUES)
+    return config
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sweep_files())
+def test_any_sweep_file_plans_its_trials_or_is_refused_naming_the_file(config):
+    """`fer_hf.sweep --dry_run` (what runs before any trial): every planned trial parses with the train parser, or
+    the file is refused with a message that names it; never a traceback from deeper down."""
+    import contextlib
+    import io
+
+    import yaml
+
+    from fer_hf.config import parse_args
+    from fer_hf.sweep.__main__ import main as sweep_main
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "sweep.yaml"
+        path.write_text(yaml.safe_dump(config))
+        stdout = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(stdout):
+                sweep_main([str(path), "--dry_run", "--output_dir", str(Path(folder) / "out"), "--max_runs", "2"])
+        except (ValueError, OSError) as error:  # SweepConfigError is a ValueError
+            assert str(path) in str(error), error
+            event("refused naming the file")
+            return
+        commands = [line.split() for line in stdout.getvalue().splitlines() if line.startswith("accelerate")]
+        assert commands, stdout.getvalue()
+        event("planned")
+        for command in commands:
+            parse_args(command[command.index("fer_hf.train") + 1:])  # what each trial will parse, unchanged
