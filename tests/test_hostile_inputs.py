@@ -7,6 +7,7 @@ counted where the user asked for that; never a traceback from deep inside a libr
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -651,3 +652,34 @@ def test_any_sweep_file_plans_its_trials_or_is_refused_naming_the_file(config):
         event("planned")
         for command in commands:
             parse_args(command[command.index("fer_hf.train") + 1:])  # what each trial will parse, unchanged
+
+
+def test_an_unreadable_file_in_a_folder_is_named_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    """chmod 000 where the tests do not run as root; as root (CI) nothing is unreadable, so Pillow's open raises the
+    PermissionError the kernel would give."""
+    import json
+
+    from PIL import Image
+
+    from fer_hf import predict
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("L", (48, 48), 120).save(folder / name)
+    locked = folder / "b.png"
+    if os.geteuid() != 0:
+        locked.chmod(0)
+    else:
+        original = Image.open
+
+        def open_refusing(path, *args, **kwargs):
+            if Path(path) == locked:
+                raise PermissionError(13, "Permission denied", str(path))
+            return original(path, *args, **kwargs)
+
+        monkeypatch.setattr(Image, "open", open_refusing)
+    assert predict.main([str(folder), "--no_detect", "--json"]) == 1
+    records = json.loads(capsys.readouterr().out)
+    assert [r["error"] is None for r in records] == [True, False, True]
+    assert records[1]["error"] == f"{locked}: permission denied; make the file readable (chmod) or copy it."
