@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import functools
 import json
 import logging
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -214,7 +216,28 @@ def read_recipe(path: str | Path, parser: HfArgumentParser | None = None) -> dic
     unknown = sorted(set(recipe) - argument_names(parser))
     if unknown:
         raise ValueError(f"{path}: unknown argument(s) {unknown}; see `python -m fer_hf.train --help`.")
+    not_nullable = sorted(key for key, value in recipe.items() if value is None and not _takes_none(key))
+    if not_nullable:
+        raise ValueError(f"{path}: {', '.join(not_nullable)}: null is not a value these arguments take; give a "
+                         "value, or delete the line to keep the default.")
     return recipe
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    types: dict[str, Any] = {}
+    for cls in ARGUMENT_CLASSES:  # no name is declared twice: the parser would refuse it
+        try:
+            types.update(typing.get_type_hints(cls))
+        except (NameError, TypeError):  # an annotation this Python cannot resolve: say nothing about its fields
+            continue
+    return types
+
+
+def _takes_none(name: str) -> bool:
+    """Whether the argument's declared type admits None (a YAML null)."""
+    hint = _field_types().get(name, Any)
+    return hint is Any or type(None) in get_args(hint)
 
 
 def recipe_to_argv(recipe: dict[str, Any]) -> list[str]:

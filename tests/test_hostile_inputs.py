@@ -6,6 +6,7 @@ counted where the user asked for that; never a traceback from deep inside a libr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -506,6 +507,17 @@ _YAML_VALUES = st.one_of(
 )
 
 
+@contextlib.contextmanager
+def _yaml_file(data, name: str):
+    """`data` as a YAML file in a fresh temporary folder (hypothesis examples cannot share pytest's tmp_path)."""
+    import yaml
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        path.write_text(yaml.safe_dump(data))
+        yield path
+
+
 @st.composite
 def recipes(draw):
     from fer_hf.config import argument_names
@@ -523,20 +535,15 @@ def recipes(draw):
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(recipes())
 def test_any_recipe_parses_or_is_refused_with_a_message(recipe):
-    import contextlib
     import io
-
-    import yaml
 
     from fer_hf.config import argument_names, parse_args
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "recipe.yaml"
-        path.write_text(yaml.safe_dump(recipe))
+    with _yaml_file(recipe, "recipe.yaml") as path:
         stderr = io.StringIO()
         try:
             with contextlib.redirect_stderr(stderr):
-                parse_args(["--config", str(path), "--output_dir", folder, "--report_to", "none"])
+                parse_args(["--config", str(path), "--output_dir", str(path.parent), "--report_to", "none"])
         except SystemExit as exit:  # argparse: usage and `error: <what is wrong>` on stderr, status 2
             assert exit.code == 2 and "error: " in stderr.getvalue(), stderr.getvalue()
         except (ValueError, OSError) as error:  # ours and TrainingArguments' own checks (OSError: a config file
@@ -557,6 +564,19 @@ def test_contradictory_options_are_refused_before_the_first_step(tmp_path):
                     "--save_steps", "5"])
     with pytest.raises(ValueError, match="--eval_split test"):
         parse_args([*base, "--eval_strategy", "epoch", "--save_strategy", "epoch", "--eval_split", "test"])
+
+
+def test_a_null_for_an_argument_that_takes_no_null_is_refused_naming_it(tmp_path):
+    """Found by the recipe property: `crop_scale_min: null` reached a comparison with None in __post_init__."""
+    from fer_hf.config import parse_args
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("crop_scale_min: null\nlayer_decay: null\nlearning_rate: null\n")
+    with pytest.raises(ValueError, match=r"recipe.yaml: crop_scale_min, learning_rate: null is not a value"):
+        parse_args(["--config", str(recipe), "--output_dir", str(tmp_path)])
+    recipe.write_text("layer_decay: null\nmax_grad_norm: 1.0\n")  # layer_decay takes None (off)
+    *_, training = parse_args(["--config", str(recipe), "--output_dir", str(tmp_path), "--report_to", "none"])
+    assert training.max_grad_norm == 1.0
 
 
 def test_max_steps_with_epochs_is_said_before_the_first_step(tmp_path, caplog):
@@ -628,21 +648,16 @@ def sweep_files(draw):
 def test_any_sweep_file_plans_its_trials_or_is_refused_naming_the_file(config):
     """`fer_hf.sweep --dry_run` (what runs before any trial): every planned trial parses with the train parser, or
     the file is refused with a message that names it; never a traceback from deeper down."""
-    import contextlib
     import io
-
-    import yaml
 
     from fer_hf.config import parse_args
     from fer_hf.sweep.__main__ import main as sweep_main
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "sweep.yaml"
-        path.write_text(yaml.safe_dump(config))
+    with _yaml_file(config, "sweep.yaml") as path:
         stdout = io.StringIO()
         try:
             with contextlib.redirect_stdout(stdout):
-                sweep_main([str(path), "--dry_run", "--output_dir", str(Path(folder) / "out"), "--max_runs", "2"])
+                sweep_main([str(path), "--dry_run", "--output_dir", str(path.parent / "out"), "--max_runs", "2"])
         except (ValueError, OSError) as error:  # SweepConfigError is a ValueError
             assert str(path) in str(error), error
             event("refused naming the file")
