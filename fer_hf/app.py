@@ -187,7 +187,9 @@ def export_space(output_dir: str | os.PathLike, model: str) -> Path:
     package = Path(__file__).resolve().parent
     # fer_hf is not on PyPI: the Space carries the package; the model comes from the Hub, so the weights stay out.
     shutil.copytree(package, partial / "fer_hf", ignore=shutil.ignore_patterns("__pycache__", "*.safetensors"))
-    requirements = [r for r in importlib.metadata.requires("fer_hf") or [] if "extra ==" not in r]
+    # The base requirements and the `onnx` extra's: the Space then runs the model on ONNX Runtime (--backend auto).
+    requirements = [r.split(";")[0].strip() for r in importlib.metadata.requires("fer_hf") or []
+                    if "extra ==" not in r or 'extra == "onnx"' in r]
     requirements += [f"gradio=={gradio.__version__}", "scikit-image"]
     write_atomic(partial / "requirements.txt", "\n".join(requirements) + "\n")
     write_atomic(partial / "app.py", SPACE_APP.format(model=model))

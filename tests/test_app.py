@@ -112,6 +112,7 @@ def test_export_space_writes_a_space_folder(tmp_path):
     assert '"--model", "someone/fer-lite0"' in source
     requirements = (out / "requirements.txt").read_text().splitlines()
     assert any(r.startswith("gradio==") for r in requirements) and any(r.startswith("torch") for r in requirements)
+    assert any(r.startswith("onnxruntime") for r in requirements) and not any(";" in r for r in requirements)
     assert (out / "fer_hf" / "app.py").is_file() and not list(out.rglob("*.safetensors"))
     # the copied package is importable as the Space will import it
     check = subprocess.run([sys.executable, "-c", "import fer_hf.app, fer_hf.inference.demo; print(fer_hf.__file__)"],
