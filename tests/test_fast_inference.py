@@ -72,11 +72,11 @@ def test_predict_on_a_folder_of_crops_gives_the_reference_labels(faces_and_refer
     assert worst <= 1.01e-4  # scores are rounded to 4 decimals: the backends differ by at most the last digit
 
 
-def test_auto_exports_once_then_reuses_the_cached_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("FER_HF_CACHE", str(tmp_path / "cache"))
-    first = load_classifier()
+def test_auto_exports_once_then_reuses_the_cached_file(monkeypatch):
+    first = load_classifier()  # exports into this session's cache (tests/conftest.py), unless an earlier test did
     assert first.backend.startswith("onnxruntime")
-    (cached,) = (tmp_path / "cache" / "onnx").glob("default_model-*.onnx")
+    cached = onnx_export.cache_target(DEFAULT_MODEL_DIR)
+    assert cached.is_file() and cached.name.startswith("default_model-")
     stamp = cached.stat().st_mtime_ns
     monkeypatch.setattr(onnx_export, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
     second = load_classifier()
@@ -100,13 +100,17 @@ def test_a_changed_model_gets_a_new_cache_key(tmp_path):
     assert onnx_export.cache_key(copy) != key
 
 
-def test_an_unwritable_cache_exports_to_a_temporary_folder(tmp_path, monkeypatch, caplog):
+def test_an_unwritable_cache_falls_back_to_the_temporary_folder(tmp_path, monkeypatch, caplog):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the cache folder would be")
     monkeypatch.setenv("FER_HF_CACHE", str(blocker))
-    path = onnx_export.cached_onnx(DEFAULT_MODEL_DIR)
-    assert path.is_file() and not path.is_relative_to(blocker)
+    monkeypatch.setattr(onnx_export.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    target = onnx_export.cache_target(DEFAULT_MODEL_DIR)
+    assert target.parent.is_dir() and target.is_relative_to(tmp_path / "tmp") and not target.exists()
     assert "cannot write the ONNX cache" in caplog.text
+    monkeypatch.setattr(onnx_export.tempfile, "gettempdir", lambda: str(blocker))
+    with pytest.raises(OSError, match="no writable folder for the ONNX export"):
+        onnx_export.cache_target(DEFAULT_MODEL_DIR)  # then `auto` uses PyTorch (next test)
 
 
 def test_auto_falls_back_to_pytorch_when_the_export_fails(monkeypatch, caplog):

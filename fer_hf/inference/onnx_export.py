@@ -8,11 +8,13 @@ so the file runs without the folder, and without torch.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import hashlib
 import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -119,25 +121,35 @@ def cache_key(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET) -> str:
     return digest.hexdigest()[:24]
 
 
+def cache_target(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Path:
+    """Where the export of `model_dir` is (or goes): `cache_dir()/onnx/NAME-KEY.onnx`; where that folder cannot be
+    written, the same name under the system's temporary folder (kept across runs until it is cleaned)."""
+    name = f"{Path(model_dir).resolve().name}-{cache_key(model_dir, opset)}.onnx"
+    folders = [cache_dir() / "onnx", Path(tempfile.gettempdir()) / f"fer_hf-{getpass.getuser()}" / "onnx"]
+    for i, folder in enumerate(folders):
+        if (folder / name).is_file():
+            return folder / name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".probe.{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as err:
+            if i == len(folders) - 1:
+                raise OSError(f"no writable folder for the ONNX export ({err}); set FER_HF_CACHE to one") from err
+            logger.warning("%s: cannot write the ONNX cache (%s); using %s (set FER_HF_CACHE to a writable folder "
+                           "to choose).", folder, err, folders[i + 1])
+            continue
+        return folder / name
+    raise AssertionError("unreachable")
+
+
 def cached_onnx(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Path:
     """The ONNX export of `model_dir`, made on first use (and checked against PyTorch on random inputs) and kept in
-    `cache_dir()/onnx/`; later calls only hash the folder. Where the cache cannot be written, the export goes to a
-    temporary folder for this process."""
-    key = cache_key(model_dir, opset)
-    target = cache_dir() / "onnx" / f"{Path(model_dir).resolve().name}-{key}.onnx"
+    the cache (`cache_target`); later calls only hash the folder."""
+    target = cache_target(model_dir, opset)
     if target.is_file():
         return target
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        probe = target.with_name(f".probe.{os.getpid()}")
-        probe.touch()
-        probe.unlink()
-    except OSError as err:
-        import tempfile
-
-        logger.warning("%s: cannot write the ONNX cache (%s); exporting to a temporary folder (set FER_HF_CACHE to "
-                       "a writable folder to keep it).", target.parent, err)
-        target = Path(tempfile.mkdtemp(prefix="fer_hf_onnx_")) / target.name
     logger.warning("%s: first run on ONNX Runtime: exporting it once (seconds), cached as %s", model_dir, target)
     import onnxruntime
     import torch
