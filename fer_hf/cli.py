@@ -36,7 +36,7 @@ def hf_argument_parser() -> type:
             try:
                 module_spec.loader.exec_module(module)
                 return module.HfArgumentParser
-            except ImportError:  # a transformers version whose parser needs the package: import it whole
+            except Exception:  # a transformers version whose parser needs the package: import it whole
                 del sys.modules[module_spec.name]
     from transformers import HfArgumentParser
 

@@ -75,7 +75,9 @@ class PredictArguments:
                   "PyTorch on a GPU), onnxruntime or pytorch."},
     )
     threads: int | None = field(
-        default=None, metadata={"help": "ONNX Runtime threads; default OMP_NUM_THREADS, else every usable core."}
+        default=None,
+        metadata={"help": "ONNX Runtime threads; default OMP_NUM_THREADS, else every usable core (PyTorch uses "
+                  "torch's own setting)."},
     )
 
     def __post_init__(self):
@@ -83,8 +85,8 @@ class PredictArguments:
             raise ValueError(f"--tta must be one of {TTA_MODES}, got {self.tta!r}.")
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}.")
-        if self.frame_step < 1 or self.batch_size < 1:
-            raise ValueError("--frame_step and --batch_size must be at least 1.")
+        if self.frame_step < 1 or self.batch_size < 1 or (self.threads is not None and self.threads < 1):
+            raise ValueError("--frame_step, --batch_size and --threads must be at least 1.")
 
 
 # ----------------------------------------------------------------------------------------------------- entry point

@@ -4,6 +4,7 @@ in a background thread, and what `predict` imports."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -127,10 +128,10 @@ def test_auto_falls_back_to_pytorch_when_the_export_fails(monkeypatch, caplog):
 
 
 def test_backend_choice(monkeypatch):
-    monkeypatch.setattr(classifier_module, "nvidia_gpu_visible", lambda: False)
+    monkeypatch.setattr(classifier_module, "gpu_visible", lambda: False)
     assert choose_backend("auto", None) == "onnxruntime" and choose_backend("auto", "cpu") == "onnxruntime"
     assert choose_backend("auto", "cuda") == "pytorch" and choose_backend("pytorch", None) == "pytorch"
-    monkeypatch.setattr(classifier_module, "nvidia_gpu_visible", lambda: True)
+    monkeypatch.setattr(classifier_module, "gpu_visible", lambda: True)
     assert choose_backend("auto", None) == "pytorch" and choose_backend("auto", "cpu") == "onnxruntime"
     with pytest.raises(ValueError, match="runs on the CPU"):
         choose_backend("onnxruntime", "cuda")
@@ -138,6 +139,30 @@ def test_backend_choice(monkeypatch):
         load_classifier(backend="tensorrt")
     with pytest.raises(ValueError, match="--backend must be one of"):
         fer_predict.PredictArguments(backend="tensorrt")
+    with pytest.raises(ValueError, match="--threads must be at least 1"):
+        fer_predict.PredictArguments(threads=0)
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        load_classifier(threads=-2)
+
+
+def test_a_missing_exporter_is_said_and_pytorch_runs(tmp_path, monkeypatch, caplog):
+    """onnxruntime without onnxscript (or with torch < 2.6): nothing is exported, PyTorch runs, the warning says
+    what to install."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setenv("FER_HF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript"
+                        else real_find_spec(name, *a))
+    assert load_classifier(device="cpu").backend.startswith("pytorch")
+    assert "needs onnx, onnxscript and torch >= 2.6 (missing or too old: onnxscript)" in caplog.text
+    assert not list((tmp_path / "cache").rglob("*.onnx"))
+
+
+def test_a_damaged_cached_file_is_dropped_and_exported_again(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("FER_HF_CACHE", str(tmp_path / "cache"))
+    target = onnx_export.cache_target(DEFAULT_MODEL_DIR)
+    target.write_bytes(b"half an onnx file")
+    assert load_classifier(device="cpu").backend.startswith("pytorch")  # this run: PyTorch, said
+    assert "could not run it on ONNX Runtime" in caplog.text and not target.exists()
 
 
 def test_views_are_batched_whole_whatever_the_batch_size(faces_and_reference):

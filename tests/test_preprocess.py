@@ -30,6 +30,7 @@ CONFIGS = [
     _config(72, 1.15, "center", "bicubic", **IMAGENET),  # crop_pct > 1: the crop pads with black
     _config(72, 1.15, "border", "bicubic", **IMAGENET),  # ... or with the mean colour
     _config(64, 1.0, "center", "lanczos", channels=1, mean=(0.5,), std=(0.25,)),  # a grayscale-input backbone
+    {**_config(56, 0.9, "center", "bilinear", **IMAGENET), "crop_border_pixels": 3},  # timm's TrimBorder first
 ]
 
 
@@ -52,7 +53,8 @@ def faces(fer2013):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c['input_size'][1]}px-{c['crop_mode']}-"
-                         f"{c['crop_pct']}-{c['interpolation']}-{c['input_size'][0]}ch")
+                         f"{c['crop_pct']}-{c['interpolation']}-{c['input_size'][0]}ch-"
+                         f"border{c.get('crop_border_pixels', 0)}")
 def test_equals_timms_evaluation_transform_to_the_bit(config, faces):
     ours = FacePreprocessor(config)(faces)
     assert ours.shape == (len(faces), 1, *config["input_size"]) and ours.dtype == np.float32

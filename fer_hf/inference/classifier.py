@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ __all__ = ["BACKENDS", "ONNX_CONFIG_KEY", "TTA_MODES", "FerClassifier", "evaluat
            "view_logits"]
 
 BACKENDS = ("auto", "onnxruntime", "pytorch")
+MIN_SPLIT = 4  # faces per concurrent ONNX Runtime run, at least
 
 
 class FerClassifier:
@@ -86,6 +88,8 @@ def load_classifier(
     (default: OMP_NUM_THREADS, else the cores this process may use)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}.")
     if onnx_path is not None:
         return _load_onnx(Path(onnx_path), model_dir, threads)
     model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
@@ -93,7 +97,12 @@ def load_classifier(
     if chosen == "onnxruntime":
         read_model_config(model_dir)  # a folder that is no model is named as such, before any export
         try:
-            return _load_onnx(cached_onnx(model_dir), model_dir, threads)
+            cached = cached_onnx(model_dir)
+            try:
+                return _load_onnx(cached, model_dir, threads, providers=["CPUExecutionProvider"])
+            except Exception:  # a cached file damaged since: the next run exports it again
+                cached.unlink(missing_ok=True)
+                raise
         except Exception as err:  # an export torch or ONNX cannot do; `auto` must never be worse than PyTorch
             if backend != "auto":
                 raise
@@ -108,26 +117,39 @@ def choose_backend(backend: str, device: str | None) -> str:
         raise ValueError(f"the onnxruntime backend runs on the CPU; drop --device {device} or use --backend pytorch.")
     if backend != "auto":
         return backend
-    if device not in (None, "cpu") or (device is None and nvidia_gpu_visible()):
+    if device not in (None, "cpu") or (device is None and gpu_visible()):
         return "pytorch"
-    installed = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
-    return "onnxruntime" if installed else "pytorch"
+    return "onnxruntime" if importlib.util.find_spec("onnxruntime") is not None else "pytorch"
 
 
-def nvidia_gpu_visible() -> bool:
-    """Whether the NVIDIA driver shows a GPU this process may use, checked without importing torch (seconds)."""
+def gpu_visible() -> bool:
+    """Whether torch would use a GPU by default. Only asked of torch (seconds to import) where a GPU driver shows
+    one (NVIDIA's, or ROCm's /dev/kfd): a container or job without a GPU on such a host still gets ONNX Runtime."""
     if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
         return False
     gpus = Path("/proc/driver/nvidia/gpus")
-    return gpus.is_dir() and any(gpus.iterdir())
+    if not (gpus.is_dir() and any(gpus.iterdir())) and not Path("/dev/kfd").exists():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def default_threads() -> int:
-    """OMP_NUM_THREADS when set (the benchmarks' convention), else the cores this process may run on."""
+    """OMP_NUM_THREADS when set (the benchmarks' convention), else the cores this process may run on: its CPU
+    affinity, capped by a cgroup CPU quota (a container started with --cpus=2 on a 64-core host gets 2)."""
     try:
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     except (KeyError, ValueError):
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def _load_pytorch(model_dir: Path, device: str | None) -> FerClassifier:
@@ -147,7 +169,8 @@ def _load_pytorch(model_dir: Path, device: str | None) -> FerClassifier:
     return FerClassifier(read_model_config(model_dir), data_config, run, backend=f"pytorch ({device})", model=model)
 
 
-def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | None) -> FerClassifier:
+def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | None,
+               providers: list[str] | None = None) -> FerClassifier:
     import onnxruntime
 
     if not path.is_file():
@@ -163,7 +186,7 @@ def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | N
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: its warnings are about graph rewrites, not the user's input
     # AzureExecutionProvider (listed by the PyPI wheel) runs models remotely; never that.
-    providers = [p for p in onnxruntime.get_available_providers() if p != "AzureExecutionProvider"]
+    providers = providers or [p for p in onnxruntime.get_available_providers() if p != "AzureExecutionProvider"]
     try:
         session = onnxruntime.InferenceSession(str(path), options, providers=providers)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf types, not exported in a stable place
@@ -191,7 +214,8 @@ def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | N
     pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="fer_hf-onnx") if threads > 1 else None
 
     def run(pixel_values: np.ndarray) -> np.ndarray:
-        parts = np.array_split(pixel_values, min(threads, len(pixel_values))) if len(pixel_values) else []
+        # At least MIN_SPLIT faces per run: tiny runs cost more in per-run overhead than parallelism gains.
+        parts = np.array_split(pixel_values, max(1, min(threads, len(pixel_values) // MIN_SPLIT)))
         if pool is None or len(parts) < 2:
             return run_one(pixel_values)
         others = [pool.submit(run_one, part) for part in parts[1:]]

@@ -10,11 +10,15 @@ from __future__ import annotations
 import contextlib
 import getpass
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +66,7 @@ def export_onnx(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, opse
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     # Exported and checked beside the target, then renamed over it: a kill never leaves half an .onnx file.
-    partial = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.partial")
+    partial = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.{threading.get_ident()}.partial")
     try:
         # torch's exporter reports its progress with print(); stdout may be a JSON answer (`predict --json`).
         with contextlib.redirect_stdout(sys.stderr):
@@ -109,8 +113,10 @@ def cache_dir() -> Path:
 
 def cache_key(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET) -> str:
     """A digest of what the export depends on: the folder's config and weights (by content, so a retrained folder
-    at the same path gets a new file), the opset and the export format."""
-    digest = hashlib.sha256(f"{CACHE_FORMAT}|opset{opset}|".encode())
+    at the same path gets a new file), the opset, the export format and the versions of the libraries exporting."""
+    # The exporting libraries' versions too: a timm or torch upgrade may change the graph or the data config.
+    versions = "|".join(f"{name}{_version(name)}" for name in ("torch", "timm", "transformers"))
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|opset{opset}|{versions}|".encode())
     for name in (CONFIG_FILE, WEIGHTS_FILE, LEGACY_WEIGHTS_FILE):
         path = Path(model_dir) / name
         if path.is_file():
@@ -150,6 +156,11 @@ def cached_onnx(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Pat
     target = cache_target(model_dir, opset)
     if target.is_file():
         return target
+    missing = [name for name in ("onnx", "onnxscript", "torch") if importlib.util.find_spec(name) is None]
+    if missing or _version("torch") < (2, 6):
+        raise ImportError(f"exporting to ONNX needs onnx, onnxscript and torch >= 2.6 (missing or too old: "
+                          f"{', '.join(missing) or 'torch ' + importlib.metadata.version('torch')}); "
+                          "pip install 'fer_hf[onnx]'")
     logger.warning("%s: first run on ONNX Runtime: exporting it once (seconds), cached as %s", model_dir, target)
     import onnxruntime
     import torch
@@ -157,14 +168,28 @@ def cached_onnx(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Pat
     from fer_hf.modeling import load_saved_model
 
     model = load_saved_model(model_dir, dtype=torch.float32)
-    export_onnx(model_dir, target, opset, model=model)
-    channels, height, width = model.config.pretrained_cfg["input_size"]
-    pixels = np.random.default_rng(0).standard_normal((3, channels, height, width), dtype=np.float32)
-    with torch.inference_mode():
-        reference = model(pixel_values=torch.from_numpy(pixels)).logits.numpy()
-    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    difference = float(np.abs(session.run(None, {INPUT_NAME: pixels})[0] - reference).max())
-    if not difference < CACHE_PARITY_TOLERANCE:
-        target.unlink(missing_ok=True)
-        raise ExportParityError(f"the ONNX export's logits differ from PyTorch's by {difference:.2e}")
+    # Exported and checked under another name, then renamed: the cache only ever holds checked files.
+    unchecked = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.unchecked")
+    try:
+        export_onnx(model_dir, unchecked, opset, model=model)
+        channels, height, width = model.config.pretrained_cfg["input_size"]
+        pixels = np.random.default_rng(0).standard_normal((3, channels, height, width), dtype=np.float32)
+        with torch.inference_mode():
+            reference = model(pixel_values=torch.from_numpy(pixels)).logits.numpy()
+        session = onnxruntime.InferenceSession(str(unchecked), providers=["CPUExecutionProvider"])
+        difference = float(np.abs(session.run(None, {INPUT_NAME: pixels})[0] - reference).max())
+        if not difference < CACHE_PARITY_TOLERANCE:
+            raise ExportParityError(f"the ONNX export's logits differ from PyTorch's by {difference:.2e}")
+        os.replace(unchecked, target)
+    finally:
+        unchecked.unlink(missing_ok=True)
     return target
+
+
+def _version(package: str) -> tuple[int, ...]:
+    """A package's release as numbers ((2, 6) for 2.6.0+cu124), from its metadata: nothing is imported."""
+    try:
+        release = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ()
+    return tuple(int(part) for part in re.findall(r"\d+", release.split("+")[0])[:2])

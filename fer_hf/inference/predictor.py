@@ -135,7 +135,8 @@ def predict_images(
     pending: list[tuple[dict, list[Box], np.ndarray | list, float, LoadedImage | None]] = []
     progress = tqdm(total=len(files), unit="image", desc="predict", disable=None if len(files) > 1 else True)
     try:
-        for loaded in read_ahead(load, files, depth=max_pending):
+        # Photos kept for annotation are large: read only one ahead of those.
+        for loaded in read_ahead(load, files, depth=1 if annotate else max_pending):
             pending.append(loaded)
             if len(pending) >= max_pending or sum(len(p[2]) for p in pending) >= batch_size:
                 yield from _flush(predictor, pending, annotate)

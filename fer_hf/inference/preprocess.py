@@ -54,8 +54,7 @@ class FacePreprocessor:
         self.filter = PIL_FILTERS[interpolation]
         self.crop_pct = data_config.get("crop_pct") or DEFAULT_CROP_PCT
         self.crop_mode = data_config.get("crop_mode") or "center"
-        if data_config.get("crop_border_pixels"):
-            raise ValueError("data configs with crop_border_pixels are not supported.")
+        self.border = int(data_config.get("crop_border_pixels") or 0)  # timm's TrimBorder, before resizing
         self.scale_size = tuple(math.floor(side / self.crop_pct) for side in self.size)
         self.mean = np.asarray(data_config["mean"], np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(data_config["std"], np.float32).reshape(-1, 1, 1)
@@ -89,7 +88,7 @@ class FacePreprocessor:
 
     def geometry(self, face: Image.Image) -> np.ndarray:
         """One face resized and cropped as timm's evaluation transform does it: uint8 (H, W, channels)."""
-        image = self._mode(face)
+        image = self._trim(self._mode(face))
         width, height = image.size
         if self.crop_mode == "squash":
             image = _resize(image, self.scale_size, self.filter)
@@ -124,6 +123,14 @@ class FacePreprocessor:
         if face.mode == self.mode or (face.mode == "L" and self.mode == "RGB" and len(set(self.fill)) == 1):
             return face
         return face.convert(self.mode)
+
+    def _trim(self, image: Image.Image) -> Image.Image:
+        """timm's TrimBorder: `crop_border_pixels` off every side, with its clamping (left by the height, too)."""
+        if not self.border:
+            return image
+        width, height = image.size
+        top = left = min(self.border, height)
+        return image.crop((left, top, left + max(0, width - 2 * self.border), top + max(0, height - 2 * self.border)))
 
     def _ten_crop_side(self) -> int:
         """Ten-crop resizes the face to this side, then crops the input size from it."""
