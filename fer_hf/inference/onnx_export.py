@@ -8,7 +8,6 @@ so the file runs without the folder, and without torch.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -108,7 +107,10 @@ def cache_dir() -> Path:
     """FER_HF_CACHE, else $XDG_CACHE_HOME/fer_hf, else ~/.cache/fer_hf."""
     if os.environ.get("FER_HF_CACHE"):
         return Path(os.environ["FER_HF_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "fer_hf"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "fer_hf"
+    home = Path(os.path.expanduser("~"))  # stays "~" where no home can be found (a uid without a passwd entry)
+    return (home if home.is_absolute() else Path(tempfile.gettempdir())) / ".cache" / "fer_hf"
 
 
 def cache_key(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET) -> str:
@@ -131,7 +133,9 @@ def cache_target(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Pa
     """Where the export of `model_dir` is (or goes): `cache_dir()/onnx/NAME-KEY.onnx`; where that folder cannot be
     written, the same name under the system's temporary folder (kept across runs until it is cleaned)."""
     name = f"{Path(model_dir).resolve().name}-{cache_key(model_dir, opset)}.onnx"
-    folders = [cache_dir() / "onnx", Path(tempfile.gettempdir()) / f"fer_hf-{getpass.getuser()}" / "onnx"]
+    # The user id, not getpass.getuser(): that fails in containers run as a uid with no passwd entry.
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    folders = [cache_dir() / "onnx", Path(tempfile.gettempdir()) / f"fer_hf-{user}" / "onnx"]
     for i, folder in enumerate(folders):
         if (folder / name).is_file():
             return folder / name
