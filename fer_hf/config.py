@@ -267,7 +267,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         parser.set_defaults(**{k: v for k, v in recipe.items() if v is None})
         tokens = recipe_to_argv(recipe) + tokens
     # The parser also returns a namespace holding `--config` (not a dataclass field) before the leftovers.
-    *outputs, leftover = parser.parse_args_into_dataclasses(args=tokens, return_remaining_strings=True)
+    try:
+        *outputs, leftover = parser.parse_args_into_dataclasses(args=tokens, return_remaining_strings=True)
+    except TypeError as err:  # transformers builds nested configs from dict values: AcceleratorConfig(**{"": 0})
+        where = f"{known.config}: " if known.config else ""
+        raise ValueError(f"{where}an argument's value does not fit its type ({err}).") from err
     if leftover:
         parser.error(f"unrecognized arguments: {' '.join(leftover)}")
     model_args, data_args, training_args = outputs[: len(ARGUMENT_CLASSES)]

@@ -579,6 +579,16 @@ def test_a_null_for_an_argument_that_takes_no_null_is_refused_naming_it(tmp_path
     assert training.max_grad_norm == 1.0
 
 
+def test_a_dict_that_does_not_fit_a_nested_config_is_a_message(tmp_path):
+    """Found by the recipe property (seed 44): `accelerator_config: {"": 0}` raised transformers' TypeError."""
+    from fer_hf.config import parse_args
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("accelerator_config: {'': 0}\n")
+    with pytest.raises(ValueError, match=r"recipe.yaml: an argument's value does not fit its type \(.*unexpected"):
+        parse_args(["--config", str(recipe), "--output_dir", str(tmp_path)])
+
+
 def test_max_steps_with_epochs_is_said_before_the_first_step(tmp_path, caplog):
     from fer_hf.config import parse_args
 
