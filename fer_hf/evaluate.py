@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fer_hf import cli
 from fer_hf.data.load import load_fer2013
-from fer_hf.inference.classifier import BACKENDS, TTA_MODES, evaluate_model, load_classifier
+from fer_hf.inference.classifier import BACKEND_HELP, BACKENDS, TTA_MODES, evaluate_model, load_classifier
 from fer_hf.model_files import DEFAULT_MODEL_DIR
 from fer_hf.report.figures import save_split_report
 from fer_hf.report.tables import comparison_markdown, per_class_table, table1
@@ -55,11 +55,7 @@ class EvaluateArguments:
     batch_size: int = field(default=128, metadata={"help": "Images per forward pass (TTA views included)."})
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N images (quick look)."})
     device: str | None = field(default=None, metadata={"help": "cuda / cpu; default cuda when available."})
-    backend: str = field(
-        default="auto",
-        metadata={"help": "auto (ONNX Runtime on a CPU when installed: each model folder is exported once and cached; "
-                  "PyTorch on a GPU), onnxruntime or pytorch."},
-    )
+    backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
 
     def __post_init__(self):
         if self.backend not in BACKENDS:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from fer_hf import cli
 from fer_hf.inference.annotate import AnnotationTarget
-from fer_hf.inference.classifier import BACKENDS, TTA_MODES, load_classifier
+from fer_hf.inference.classifier import BACKEND_HELP, BACKENDS, TTA_MODES, load_classifier
 from fer_hf.inference.faces import MIN_FACE_SIZE, SCALE_FACTOR
 from fer_hf.inference.images import DEFAULT_MAX_MEGAPIXELS
 from fer_hf.inference.predictor import NO_FACE, FacePredictor, expand_inputs, predict_images, predict_video
@@ -69,11 +69,7 @@ class PredictArguments:
     )
     tta: str = field(default="none", metadata={"help": "Test-time augmentation per face: none, hflip, tencrop."})
     device: str | None = field(default=None, metadata={"help": "cuda / cpu; default cuda when available."})
-    backend: str = field(
-        default="auto",
-        metadata={"help": "auto (ONNX Runtime on a CPU when installed: the model folder is exported once and cached; "
-                  "PyTorch on a GPU), onnxruntime or pytorch."},
-    )
+    backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
     threads: int | None = field(
         default=None,
         metadata={"help": "ONNX Runtime threads; default OMP_NUM_THREADS, else every usable core (PyTorch uses "

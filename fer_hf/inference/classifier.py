@@ -35,6 +35,8 @@ __all__ = ["BACKENDS", "ONNX_CONFIG_KEY", "TTA_MODES", "FerClassifier", "evaluat
            "view_logits"]
 
 BACKENDS = ("auto", "onnxruntime", "pytorch")
+BACKEND_HELP = ("auto (ONNX Runtime on a CPU when installed: a model folder is exported once and cached; PyTorch on a "
+                "GPU), onnxruntime or pytorch.")  # the --backend of predict and evaluate
 MIN_SPLIT = 4  # faces per concurrent ONNX Runtime run, at least
 
 
