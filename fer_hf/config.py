@@ -72,7 +72,31 @@ class ModelArguments:
                   "--model_ema_decay), so early weights are forgotten fast."},
     )
 
+    # ---- knowledge distillation from saved models (fer_hf.inference.teacher, fer_hf.ingredients)
+    distill_from: list[str] | None = field(
+        default=None,
+        metadata={"help": "Teacher model folder(s) (training output_dirs, or fer_hf/default_model): before training, "
+                  "their class probabilities on every training image are computed once (averaged over "
+                  "--distill_tta views and over the teachers, as `fer_hf.evaluate --model A B --tta` does) and "
+                  "saved in output_dir; the student then learns from them as well as from the labels (Hinton et "
+                  "al.'s soft targets). Unset: no distillation."},
+    )
+    distill_alpha: float = field(
+        default=0.5, metadata={"help": "Weight of the teacher's term in the loss; the labels' cross-entropy gets "
+                                       "1 - alpha (1: the teacher alone)."}
+    )
+    distill_temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature of the teacher term (its KL divergence is scaled by T^2)."}
+    )
+    distill_tta: str = field(
+        default="tencrop", metadata={"help": "Views the teachers' probabilities average: none, hflip or tencrop."}
+    )
+
     def __post_init__(self):
+        if not 0 <= self.distill_alpha <= 1:
+            raise ValueError(f"--distill_alpha must be in [0, 1], got {self.distill_alpha}.")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"--distill_temperature must be > 0, got {self.distill_temperature}.")
         if self.in_chans not in (1, 3):
             raise ValueError(f"--in_chans must be 1 or 3, got {self.in_chans}.")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:

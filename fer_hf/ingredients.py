@@ -1,6 +1,7 @@
 """Training ingredients beyond the paper's recipe, each off unless its flag asks for it (`fer_hf.config`), each
 timm's implementation where timm has one: mixup / cutmix (`timm.data.Mixup`, loss `SoftTargetCrossEntropy`),
-class-weighted cross-entropy, layer-wise learning-rate decay (`timm.optim.param_groups_layer_decay`). `FerTrainer`
+class-weighted cross-entropy, layer-wise learning-rate decay (`timm.optim.param_groups_layer_decay`), a teacher's
+soft targets (knowledge distillation; the targets come from `fer_hf.inference.teacher`). `FerTrainer`
 applies them, and also keeps the EMA of the weights (`timm.utils.ModelEmaV3`); random erasing is a transform and
 lives in the data pipeline (`fer_hf.data.pipeline`).
 """
@@ -108,3 +109,14 @@ def layer_decay_param_groups(
     logger.info("Layer-wise lr decay %s: %d layer groups, lr x %.3g (stem) .. x %.3g (head)", layer_decay,
                 len(scales), scales[0], scales[-1])
     return groups
+
+
+def distillation_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Hinton et al.'s soft-target term: KL(teacher || student) with both softened by `temperature`, times T^2 so
+    its gradients keep their size as T changes. `teacher_probs` are probabilities (an ensemble's average has no
+    logits); softening them is `softmax(log p / T)`."""
+    log_student = F.log_softmax(logits.float() / temperature, dim=-1)
+    teacher = teacher_probs.float()
+    if temperature != 1.0:
+        teacher = F.softmax(teacher.clamp_min(1e-12).log() / temperature, dim=-1)
+    return F.kl_div(log_student, teacher, reduction="batchmean") * temperature**2

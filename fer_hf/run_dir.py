@@ -29,6 +29,7 @@ ALL_RESULTS = "all_results.json"
 ARGS_FILE = "args.yaml"
 # A checkpoint's raw (not averaged) weights when training with an EMA; its model.safetensors holds the EMA weights.
 TRAINING_WEIGHTS_FILE = "training_weights.safetensors"
+TEACHER_FILE = "teacher_probs.safetensors"  # --distill_from: the teachers' probabilities on the training images
 SPLIT_RESULTS = ("train_results.json", "eval_results.json", "test_results.json")
 RUN_INFO_FILE = "run_info.json"  # what reproducing the run needs: versions, data checksum, git commit, command
 LOCK_FILE = ".lock"

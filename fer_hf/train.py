@@ -34,6 +34,7 @@ from fer_hf.report.model_card import write_model_card
 from fer_hf.run_dir import (
     ARGS_FILE,
     RUN_INFO_FILE,
+    TEACHER_FILE,
     agent_run_output_dir,
     check_writable,
     checkpoints,
@@ -111,6 +112,17 @@ def run(model_args, data_args, training_args, command: list[str]) -> dict[str, f
             dataset[split] = dataset[split].select(range(min(limit, len(dataset[split]))))
     label_names = dataset["train"].features["label"].names
     logger.info("Splits: %s", {split: len(part) for split, part in dataset.items()})
+    teacher_probs = None
+    if model_args.distill_from:
+        if data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0:
+            raise ValueError("--distill_from does not combine with mixup / cutmix: a mixed image has no teacher "
+                             "target. Set --mixup_alpha 0 --cutmix_alpha 0, or distil without them.")
+        from fer_hf.inference.teacher import teacher_probabilities  # ONNX Runtime / the classifier: only when asked
+
+        with training_args.main_process_first(desc="teacher targets"):
+            probs = teacher_probabilities(model_args.distill_from, dataset["train"], tta=model_args.distill_tta,
+                                          cache=output_dir / TEACHER_FILE)
+        teacher_probs = torch.from_numpy(probs)
 
     # ---- model and its image processor (mean/std/size from the backbone's timm data config)
     model = build_model(
@@ -131,7 +143,8 @@ def run(model_args, data_args, training_args, command: list[str]) -> dict[str, f
     # Per-image PIL transforms, or the same transforms on whole uint8 batches in the DataLoader or on the device.
     pipeline = build_pipeline(dataset, processor, augmentation, augment_on=data_args.augment_on,
                               device=training_args.device, channels_last=data_args.channels_last,
-                              reprob=data_args.reprob, remode=data_args.remode, recount=data_args.recount)
+                              reprob=data_args.reprob, remode=data_args.remode, recount=data_args.recount,
+                              teacher_probs=teacher_probs)
     evaluation = pipeline.evaluation
 
     # ---- ingredients beyond the paper, each off unless asked for (random erasing is in the pipeline above)
@@ -156,6 +169,8 @@ def run(model_args, data_args, training_args, command: list[str]) -> dict[str, f
         layer_decay=model_args.layer_decay,
         model_ema_decay=model_args.model_ema_decay if model_args.model_ema else None,
         model_ema_warmup=model_args.model_ema_warmup,
+        distill_alpha=model_args.distill_alpha,
+        distill_temperature=model_args.distill_temperature,
     )
     trainer.device_transform = pipeline.device_transform
     if trainer.is_world_process_zero():

@@ -27,7 +27,7 @@ from timm.utils import ModelEmaV3
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from fer_hf.ingredients import classification_loss, layer_decay_param_groups, mix_batch
+from fer_hf.ingredients import classification_loss, distillation_loss, layer_decay_param_groups, mix_batch
 from fer_hf.metrics import classification_report
 from fer_hf.report.figures import save_split_report
 from fer_hf.report.model_card import write_model_card
@@ -44,7 +44,9 @@ class FerTrainer(Trainer):
     - `class_weights`: per-class cross-entropy weights (with label smoothing too, and in eval_loss);
     - `layer_decay`: layer-wise learning-rate decay of the optimizer built from `optim`, `learning_rate` and
       `weight_decay`;
-    - `model_ema_decay`: an EMA of the weights that is evaluated, chosen and saved (see the module docstring).
+    - `model_ema_decay`: an EMA of the weights that is evaluated, chosen and saved (see the module docstring);
+    - `distill_alpha`: training batches that carry `teacher_probs` (the training set's teacher targets) are scored
+      `(1 - alpha) * label loss + alpha * distillation_loss` at `distill_temperature`.
     """
 
     # Finishes each batch once it is on the training device: the batch pipeline moves uint8 faces and crop boxes, and
@@ -55,22 +57,24 @@ class FerTrainer(Trainer):
     def __init__(
         self, *args, mixup: Mixup | None = None, class_weights: torch.Tensor | None = None,
         layer_decay: float | None = None, model_ema_decay: float | None = None, model_ema_warmup: bool = False,
-        **kwargs,
+        distill_alpha: float = 0.5, distill_temperature: float = 1.0, **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self._train_hits: torch.Tensor | None = None  # [correct, seen], kept on the device: no sync per step
         self.mixup = mixup
         self.class_weights = class_weights
         self.layer_decay = layer_decay
+        self.distill_alpha, self.distill_temperature = distill_alpha, distill_temperature
         self.model_ema: ModelEmaV3 | None = None
         if model_ema_decay is not None:
             # A copy of the model as the Trainer placed it (on its device), before any distributed wrapping.
             self.model_ema = ModelEmaV3(self.model, decay=model_ema_decay, use_warmup=model_ema_warmup)
             self.add_callback(_UpdateEma(self.model_ema))
 
-    # ---- loss: mixup on training batches, class weights; otherwise the Trainer's own (label-smoothed) loss
+    # ---- loss: mixup on training batches, class weights, a teacher; otherwise the Trainer's own (label-smoothed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        teacher = inputs.pop("teacher_probs", None)
         labels = inputs.get("labels")  # taken first: with label smoothing the Trainer pops it from `inputs`
         if labels is None or (self.mixup is None and self.class_weights is None):
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
@@ -84,6 +88,9 @@ class FerTrainer(Trainer):
             outputs = model(**inputs)
             loss = classification_loss(outputs.logits, targets, class_weights=self.class_weights,
                                        label_smoothing=self.args.label_smoothing_factor)
+        if model.training and teacher is not None:
+            soft = distillation_loss(outputs.logits, teacher, self.distill_temperature)
+            loss = (1 - self.distill_alpha) * loss + self.distill_alpha * soft
         if model.training and labels is not None:
             # Against the dominant label of a mixed image (its soft target's argmax): the hard label where unmixed.
             truth = targets.argmax(-1) if targets.is_floating_point() else labels

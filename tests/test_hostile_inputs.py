@@ -246,13 +246,16 @@ def write_photo(path: Path, case: dict) -> Path:
 @HOSTILE
 @given(photo_files())
 def test_any_photo_reads_as_upright_rgb_or_fails_naming_the_file(case):
-    from fer_hf.inference.images import WORKING_SIDE, ImageReadError, read_image
+    from fer_hf.inference.images import WORKING_SIDE, ImageReadError, read_image, read_plain_gray
 
     with tempfile.TemporaryDirectory() as folder:
         path = write_photo(Path(folder) / "photo", case)
+        plain = read_plain_gray(path)  # predict --no_detect's fast reader: the same pixels, or it leaves the file
         try:
             loaded = read_image(path)
+            assert plain is None or np.array_equal(plain, loaded.gray)
         except ImageReadError as error:
+            assert plain is None, "the fast reader took a file read_image refuses"
             assert str(path) in str(error)
             if case["damage"] is None:  # only the TIFFs Pillow cannot turn upright
                 assert case["format"] == "TIFF" and case["orientation"] >= 5 and "scrambled" in str(error), error

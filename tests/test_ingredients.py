@@ -1,5 +1,6 @@
-"""The training ingredients beyond the paper (mixup / cutmix, random erasing, EMA of the weights, layer-wise lr decay,
-class weighting): off by default, flags and YAML keys, and each doing what it says, on tiny random-init models."""
+"""The training ingredients beyond the paper (mixup / cutmix, random erasing, EMA of the weights, layer-wise lr
+decay, class weighting, distillation): off by default, flags and YAML keys, and each doing what it says, on tiny
+random-init models."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from fer_hf.config import make_parser, parse_args, recipe_to_argv
 from fer_hf.data.load import load_fer2013
 from fer_hf.data.pipeline import build_pipeline
 from fer_hf.data.transforms import AugmentationConfig
-from fer_hf.ingredients import class_weights
+from fer_hf.ingredients import class_weights, distillation_loss
 from fer_hf.labels import LABEL_NAMES
 from fer_hf.modeling import build_model, image_processor_for
 from fer_hf.run_dir import TRAINING_WEIGHTS_FILE
@@ -31,7 +32,7 @@ INGREDIENTS = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mixup_prob": 0.9, "mixu
                "remode": "rand", "recount": 2, "class_weighting": "inverse_sqrt", "layer_decay": 0.75,
                "model_ema": True, "model_ema_decay": 0.99, "model_ema_warmup": True}
 OFF = {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "reprob": 0.0, "class_weighting": "none", "layer_decay": None,
-       "model_ema": False}
+       "model_ema": False, "distill_from": None}
 TINY = ["--model_name_or_path", "resnet18", "--pretrained", "false", "--dataset", "synthetic",
         "--synthetic_train_size", "64", "--synthetic_eval_size", "32", "--image_size", "32",
         "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--optim", "adamw_torch",
@@ -68,7 +69,9 @@ def test_ingredients_are_off_by_default_and_are_flags_and_yaml_keys(tmp_path, ca
                                  ("--reprob", "1.5", "reprob must be a probability"),
                                  ("--recount", "0", "recount must be >= 1"),
                                  ("--layer_decay", "0", "layer_decay must be in"),
-                                 ("--model_ema_decay", "1", "model_ema_decay must be in")]:
+                                 ("--model_ema_decay", "1", "model_ema_decay must be in"),
+                                 ("--distill_alpha", "1.5", "distill_alpha must be in"),
+                                 ("--distill_temperature", "0", "distill_temperature must be > 0")]:
         with pytest.raises(ValueError, match=message):
             parse_args([flag, value])
     for flag, value in [("--remode", "noise"), ("--class_weighting", "balanced"), ("--augment_on", "gpu")]:
@@ -286,3 +289,81 @@ def test_every_ingredient_trains_end_to_end(tmp_path, augment_on):
     recorded = yaml.safe_load((out / "args.yaml").read_text())
     assert {key: recorded[key] for key in INGREDIENTS} == INGREDIENTS
     assert (out / "checkpoint-4" / TRAINING_WEIGHTS_FILE).is_file() and (out / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ distillation
+
+
+def test_distillation_loss_is_the_temperature_scaled_kl_to_the_teacher():
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(5, 7), torch.softmax(torch.randn(5, 7), dim=-1)
+    assert distillation_loss(teacher.log(), teacher).item() == pytest.approx(0.0, abs=1e-6)  # student = teacher
+    for temperature in (1.0, 2.0, 4.0):
+        soft_teacher = torch.softmax(teacher.log() / temperature, dim=-1)
+        log_student = torch.log_softmax(logits / temperature, dim=-1)
+        kl = (soft_teacher * (soft_teacher.log() - log_student)).sum(-1).mean() * temperature**2
+        assert distillation_loss(logits, teacher, temperature).item() == pytest.approx(kl.item(), rel=1e-5)
+
+
+def test_distillation_mixes_the_teachers_term_into_training_batches_only(tmp_path):
+    model = tiny_model().train()
+    trainer = tiny_trainer(tmp_path, model, label_smoothing_factor=0.1, distill_alpha=0.3, distill_temperature=2.0)
+    torch.manual_seed(0)
+    pixels, labels = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 4, 5])
+    teacher = torch.softmax(torch.randn(6, 7), dim=-1)
+    loss = trainer.compute_loss(model, {"pixel_values": pixels, "labels": labels, "teacher_probs": teacher})
+    with torch.no_grad():  # training mode: batch statistics, so the same logits as inside compute_loss
+        logits = model(pixel_values=pixels).logits
+    hard = F.cross_entropy(logits, labels, label_smoothing=0.1)
+    expected = 0.7 * hard + 0.3 * distillation_loss(logits, teacher, 2.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and abs(loss.item() - hard.item()) > 1e-3
+    model.eval()  # evaluation scores the labels alone, whatever a batch carries
+    loss = trainer.compute_loss(model, {"pixel_values": pixels, "labels": labels, "teacher_probs": teacher})
+    with torch.no_grad():
+        logits = model(pixel_values=pixels).logits
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, labels, label_smoothing=0.1).item(), rel=1e-5)
+
+
+def test_teacher_targets_are_the_shipped_models_probabilities_and_are_kept(fer2013, tmp_path, monkeypatch):
+    from fer_hf.inference import teacher as teacher_module
+    from fer_hf.inference.classifier import load_classifier, softmax, view_logits
+    from fer_hf.model_files import DEFAULT_MODEL_DIR
+
+    split = fer2013["train"].select(range(40))
+    cache = tmp_path / "teacher.safetensors"
+    probs = teacher_module.teacher_probabilities([DEFAULT_MODEL_DIR], split, tta="hflip", cache=cache)
+    assert probs.shape == (40, 7) and probs.dtype == np.float32 and np.allclose(probs.sum(-1), 1, atol=1e-5)
+    # The same faces through PyTorch (not the ONNX Runtime default), view by view.
+    pytorch = load_classifier(DEFAULT_MODEL_DIR, backend="pytorch")
+    expected = softmax(view_logits(pytorch, list(split["image"]), "hflip").mean(axis=1))
+    assert np.abs(probs - expected).max() < 1e-3
+    assert (probs.argmax(-1) == np.asarray(split["label"])).mean() > 0.5  # it was trained on these faces
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(teacher_module, "load_classifier", no_teacher)
+    assert np.array_equal(teacher_module.teacher_probabilities([DEFAULT_MODEL_DIR], split, tta="hflip", cache=cache),
+                          probs)  # read back
+    with pytest.raises(AssertionError, match="computed again"):  # other views: not the saved targets
+        teacher_module.teacher_probabilities([DEFAULT_MODEL_DIR], split, tta="none", cache=cache)
+    with pytest.raises(AssertionError, match="computed again"):  # other images
+        teacher_module.teacher_probabilities([DEFAULT_MODEL_DIR], split.select(range(1, 40)), tta="hflip",
+                                             cache=cache)
+
+
+def test_distillation_trains_end_to_end_and_refuses_mixup(tmp_path):
+    from fer_hf.model_files import DEFAULT_MODEL_DIR
+    from fer_hf.run_dir import TEACHER_FILE
+    from fer_hf.train import main
+
+    out = tmp_path / "run"
+    flags = [*TINY, "--distill_from", str(DEFAULT_MODEL_DIR), "--distill_tta", "none", "--distill_alpha", "0.7",
+             "--output_dir", str(out)]
+    with pytest.raises(ValueError, match="does not combine with mixup"):
+        main([*flags, "--mixup_alpha", "0.2", "--max_steps", "1"])
+    results = main([*flags, "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no",
+                    "--load_best_model_at_end", "false"])
+    assert np.isfinite(results["train_loss"]) and (out / TEACHER_FILE).is_file()
+    recorded = yaml.safe_load((out / "args.yaml").read_text())
+    assert recorded["distill_from"] == [str(DEFAULT_MODEL_DIR)] and recorded["distill_alpha"] == 0.7

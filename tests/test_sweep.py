@@ -196,12 +196,12 @@ DOCUMENTED_INVALID = {
     "deprecated log_uniform": ("program: t.py\nmethod: random\nparameters: {x: {distribution: log_uniform, min: -5, "
                                "max: 0}}", "Use log_uniform_values"),
     "value and values": ("program: t.py\nmethod: grid\nparameters: {x: {value: 1, values: [1, 2]}}",
-                         "parameters.x: constant takes ['value'], not ['values']"),
+                         "parameters.x.values: unknown key"),
     "empty values": ("program: t.py\nmethod: grid\nparameters: {x: {values: []}}", "parameters.x.values"),
     "int_uniform of floats": ("program: t.py\nmethod: random\nparameters: {x: {distribution: int_uniform, min: 0.5, "
-                              "max: 3}}", "parameters.x: int_uniform needs integer"),
+                              "max: 3}}", "parameters.x.min: 0.5 is not of type 'integer'"),
     "hyperband without brackets": ("program: t.py\nmethod: random\nparameters: {x: {value: 1}}\nearly_terminate: "
-                                   "{type: hyperband, eta: 3}", "early_terminate: give `min_iter`"),
+                                   "{type: hyperband, eta: 3}", "early_terminate: give max_iter and s or min_iter"),
     "hyperband without type": ("program: t.py\nmethod: random\nparameters: {x: {value: 1}}\nearly_terminate: "
                                "{min_iter: 3}", "early_terminate.type"),
     "run_cap zero": ("program: t.py\nmethod: grid\nrun_cap: 0\nparameters: {x: {value: 1}}", "run_cap"),
@@ -264,7 +264,7 @@ def _with(**changes) -> dict:
         (_with(metric={"name": "test/accuracy", "goal": "maximize"}), "Use eval/accuracy (validation)"),
         (_with(method="bayesian"), "method: 'bayesian'"),
         (_with(method="random", param_learning_rate={"min": "1e-4", "max": 0.1}),
-         "parameters.learning_rate.min: expected a number, got '1e-4' (PyYAML"),
+         "parameters.learning_rate.min: '1e-4' is not of type 'number' (PyYAML"),
         (_with(command=["python", "-m", "fer_hf.train"]), "must pass the parameters with ${args}"),
         (_with(command=["python", "other.py", "${args}"]), "must run the train entry point"),
         (_with(command=["python", "-m", "fer_hf.train", "${args_json}"]), "${args_json} is not a form"),

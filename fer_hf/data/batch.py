@@ -297,16 +297,19 @@ class FaceTensorDataset(torch.utils.data.Dataset):
 
     `train` batches get fresh random crops and flips; `on_device` leaves the pixel work to the trainer's
     `device_transform` (after the uint8 batch is moved), otherwise the batch leaves the DataLoader model-ready.
+    `teacher_probs` (N, classes), when given, go with each batch under that name (distillation targets).
     """
 
     def __init__(
         self, faces: torch.Tensor, labels: torch.Tensor, transform: FastImageTransform, *, train: bool,
-        on_device: bool = False,
+        on_device: bool = False, teacher_probs: torch.Tensor | None = None,
     ):
         if faces.dtype != torch.uint8 or faces.ndim != 3 or len(faces) != len(labels):
             raise ValueError(f"faces must be uint8 (N, H, W) with one label each; got {faces.dtype} {faces.shape} "
                              f"and {len(labels)} labels.")
-        self.faces, self.labels = faces, labels
+        if teacher_probs is not None and len(teacher_probs) != len(labels):
+            raise ValueError(f"{len(teacher_probs)} teacher targets for {len(labels)} faces.")
+        self.faces, self.labels, self.teacher_probs = faces, labels, teacher_probs
         self.transform, self.train, self.on_device = transform, train, on_device
 
     @classmethod
@@ -321,6 +324,8 @@ class FaceTensorDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)
         batch = {"pixel_values": self.faces[index], "labels": self.labels[index]}
+        if self.teacher_probs is not None:
+            batch["teacher_probs"] = self.teacher_probs[index]
         if self.train:
             batch |= self.transform.sample(len(index), *self.faces.shape[1:])
         return batch if self.on_device else self.transform(batch)

@@ -59,6 +59,7 @@ def build_pipeline(
     reprob: float = 0.0,
     remode: str = "pixel",
     recount: int = 1,
+    teacher_probs: torch.Tensor | None = None,
 ) -> DataPipeline:
     """Datasets for `dataset`'s splits (train augmented, every split also unaugmented for evaluation).
 
@@ -68,6 +69,7 @@ def build_pipeline(
 
     `reprob` > 0 adds timm's `RandomErasing(reprob, mode=remode, max_count=recount)` to training images after
     normalisation, where timm's `create_transform(re_prob=...)` puts it: per image, or per batch on its device.
+    `teacher_probs` (one row per training image): each training batch carries its rows as `teacher_probs`.
     """
     where = resolve_augment_on(augment_on, device)
     if where == "per_sample":
@@ -76,7 +78,10 @@ def build_pipeline(
         if reprob > 0:
             erase = RandomErasing(reprob, mode=remode, max_count=recount, device="cpu")
             augment = torchvision.transforms.Compose([augment, erase])
-        train = dataset["train"].with_transform(BatchTransform(augment, mode))
+        train = dataset["train"]
+        if teacher_probs is not None:
+            train = train.add_column("teacher_probs", teacher_probs.tolist())
+        train = train.with_transform(BatchTransform(augment, mode))
         evaluation = {split: part.with_transform(BatchTransform(eval_transform(processor), mode))
                       for split, part in dataset.items()}
         return DataPipeline(train, evaluation, collate)
@@ -90,6 +95,6 @@ def build_pipeline(
     tensors = {split: FaceTensorDataset.from_dataset(part, transform, train=False, on_device=on_device)
                for split, part in dataset.items()}
     train = FaceTensorDataset(tensors["train"].faces, tensors["train"].labels, transform, train=True,
-                              on_device=on_device)
+                              on_device=on_device, teacher_probs=teacher_probs)
     logger.info("Batch pipeline (%s): %s", where, transform)
     return DataPipeline(train, tensors, collate_batches, transform if on_device else None)

@@ -51,14 +51,20 @@ class BatchTransform:
     mode: str = "RGB"
 
     def __call__(self, batch: dict) -> dict:
-        return {
+        out = {
             "pixel_values": [self.transform(image.convert(self.mode)) for image in batch["image"]],
             "label": batch["label"],
         }
+        if "teacher_probs" in batch:  # distillation targets, a column of the training split
+            out["teacher_probs"] = batch["teacher_probs"]
+        return out
 
 
 def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
-    return {
+    batch = {
         "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
         "labels": torch.tensor([example["label"] for example in examples], dtype=torch.long),
     }
+    if "teacher_probs" in examples[0]:
+        batch["teacher_probs"] = torch.tensor([example["teacher_probs"] for example in examples], dtype=torch.float32)
+    return batch

@@ -31,8 +31,8 @@ from fer_hf.model_files import DEFAULT_MODEL_DIR, label_names, read_model_config
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BACKENDS", "ONNX_CONFIG_KEY", "TTA_MODES", "FerClassifier", "evaluate_model", "load_classifier", "softmax",
-           "view_logits"]
+__all__ = ["BACKENDS", "ONNX_CONFIG_KEY", "TTA_MODES", "FerClassifier", "ensemble_probabilities", "evaluate_model",
+           "load_classifier", "softmax", "view_logits"]
 
 BACKENDS = ("auto", "onnxruntime", "pytorch")
 BACKEND_HELP = ("auto (ONNX Runtime on a CPU when installed: a model folder is exported once and cached; PyTorch on a "
@@ -266,6 +266,15 @@ def prepared_logits(classifier: FerClassifier, prepared: np.ndarray, tta: str = 
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def ensemble_probabilities(
+    classifiers: Sequence[FerClassifier], images: Iterable[Image.Image], tta: str = "none", batch_size: int = 128
+) -> np.ndarray:
+    """Class probabilities (N, num_labels) as `evaluate_model` scores them: each model's logits averaged over its TTA
+    views, then the models' probabilities averaged."""
+    images = list(images)
+    return np.mean([softmax(view_logits(c, images, tta, batch_size).mean(axis=1)) for c in classifiers], axis=0)
 
 
 def evaluate_model(

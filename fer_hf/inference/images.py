@@ -132,6 +132,28 @@ def read_image(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGA
     return LoadedImage(path=str(path), rgb=rgb, original_size=(width, height))
 
 
+def read_plain_gray(path: str | os.PathLike, max_bytes: int = 1 << 20) -> np.ndarray | None:
+    """An 8-bit grayscale PNG without transparency or EXIF (a dataset's face crop) decoded by OpenCV: the pixels
+    `read_image(path).gray` gives, several times faster. None for any other file, which `read_image` then reads (and
+    judges: missing, empty, corrupt)."""
+    import cv2
+
+    try:
+        with open(path, "rb") as file:
+            data = file.read(max_bytes + 1)
+    except OSError:
+        return None
+    # IHDR (bytes 16-28): bit depth 8 and colour type 0 (gray); tRNS would make a pixel transparent, eXIf may turn it;
+    # a file cut short (no IEND) is left to read_image's message.
+    if len(data) > max_bytes or data[:8] != b"\x89PNG\r\n\x1a\n" or data[24:26] != b"\x08\x00" \
+            or data[-8:-4] != b"IEND" or b"tRNS" in data or b"eXIf" in data:
+        return None
+    gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if gray is None or gray.ndim != 2 or gray.dtype != np.uint8 or max(gray.shape) > WORKING_SIDE:
+        return None
+    return gray
+
+
 # Modes whose sideways-stored TIFFs (EXIF orientation 5-8) Pillow 13 decodes correctly; for the others its TIFF
 # loader returns scrambled pixels (found by tests/test_hostile_inputs.py).
 _TIFF_MODES_ROTATED_RIGHT = {"RGB", "LA", "1", "I", "F"}

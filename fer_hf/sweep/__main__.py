@@ -17,8 +17,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
 from fer_hf import cli
 from fer_hf.sweep.report import describe, format_table, plot_results, rank
 from fer_hf.sweep.runner import SweepFolder, TrialRecord, planned_commands, run_sweep
@@ -45,21 +43,13 @@ class SweepArguments:
     )
 
 
-def make_parser() -> HfArgumentParser:
+def main(argv: list[str] | None = None) -> list[TrialRecord]:
+    """Run the sweep; print and save the ranked table and the figure. Returns the trial records, best first."""
     parser = cli.make_parser("fer_hf.sweep", __doc__, SweepArguments)
     # No abbreviations: `--output` or `--max` must not be taken for the runner's flags when meant for the trials.
     parser.allow_abbrev = False
     parser.add_argument("sweep_file", help="A W&B sweep YAML, e.g. sweeps/grid.yaml.")
-    return parser
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM too: stop the trial and keep results.jsonl consistent
-
-
-def main(argv: list[str] | None = None) -> list[TrialRecord]:
-    """Run the sweep; print and save the ranked table and the figure. Returns the trial records, best first."""
-    args, namespace, extra_args = make_parser().parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    args, namespace, extra_args = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     cli.setup_logging()  # the runner's progress lines at info; other libraries stay quiet
     spec = load_sweep(namespace.sweep_file)
     output_dir = Path(args.output_dir or Path("outputs") / "sweeps" / Path(namespace.sweep_file).stem)
@@ -71,7 +61,8 @@ def main(argv: list[str] | None = None) -> list[TrialRecord]:
         print("\n".join(" ".join(command) for command in commands))
         return []
 
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM too raises KeyboardInterrupt: stop the trial and keep results.jsonl consistent.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     interrupted = False
     try:
         records = run_sweep(spec, output_dir, extra_args, max_runs=args.max_runs, sweep_seed=args.sweep_seed,
@@ -82,11 +73,10 @@ def main(argv: list[str] | None = None) -> list[TrialRecord]:
     finally:
         signal.signal(signal.SIGTERM, previous)
 
-    table = format_table(spec, records)
-    header = describe(spec, output_dir, extra_args)
-    (output_dir / "results.md").write_text(f"{header}\n\n{table}\n")
+    summary = f"{describe(spec, output_dir, extra_args)}\n\n{format_table(spec, records)}\n"
+    (output_dir / "results.md").write_text(summary)
     figure = plot_results(spec, records, output_dir / "results.png")
-    print(f"\n{header}\n\n{table}\n")
+    print(f"\n{summary}")
     print(f"table: {output_dir / 'results.md'}" + (f"\nfigure: {figure}" if figure else ""))
     if interrupted:
         print("interrupted: run the same command again to resume (finished trials are kept)")

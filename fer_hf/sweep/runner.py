@@ -24,25 +24,25 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fer_hf.config import parse_args
-from fer_hf.run_dir import OutputDirError, checkpoints, exclusive, read_results, read_trainer_state, write_atomic
+from fer_hf.run_dir import checkpoints, exclusive, read_results, read_trainer_state, write_atomic
 from fer_hf.sweep.search import Observation, Planner
 from fer_hf.sweep.spec import SweepConfigError, SweepSpec, base_recipe, build_command, local_metric, train_argv
 
 logger = logging.getLogger(__name__)
 
 EXTRA_METRICS = ("eval_accuracy", "eval_loss", "eval_f1")  # kept in results.jsonl beside the sweep metric
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit|Interrupt)\b")
 
 
 @dataclass
 class TrialRecord:
-    """One line of results.jsonl; `status` is running (until it ends, or if the sweep was stopped), finished or
-    failed."""
+    """One line of results.jsonl; `status` is running (until it ends or the sweep stops), finished or failed."""
 
     index: int
     params: dict[str, Any]
@@ -62,18 +62,9 @@ class TrialRecord:
     def name(self) -> str:
         return f"trial-{self.index:03d}"
 
-    def to_json(self) -> str:
-        return json.dumps({"trial": self.name, **asdict(self)})
-
-    @classmethod
-    def from_json(cls, line: str) -> TrialRecord:
-        data = json.loads(line)
-        data.pop("trial", None)
-        return cls(**{key: value for key, value in data.items() if key in cls.__dataclass_fields__})
-
 
 class SweepFolder:
-    """DIR: its lock, its identity (sweep.json) and results.jsonl."""
+    """DIR: its identity (sweep.json) and results.jsonl."""
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
@@ -83,72 +74,42 @@ class SweepFolder:
     def trial_dir(self, record: TrialRecord) -> Path:
         return self.directory / record.name
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold DIR for this process: two runners on one folder would run the same trials."""
-        try:
-            with exclusive(self.directory, "python -m fer_hf.sweep"):
-                yield
-        except OutputDirError as error:
-            raise SweepConfigError(str(self.directory), [f"{error}"]) from error
-
     def claim(self, identity: dict[str, Any]) -> None:
         """Mark DIR as this sweep's; refuse a folder that holds another sweep's results."""
-        if self.identity_path.is_file():
-            recorded = json.loads(self.identity_path.read_text())
-            changed = [key for key in ("config", "extra_args", "sweep_seed") if recorded.get(key) != identity[key]]
-            if changed:
-                raise SweepConfigError(str(self.directory), [
-                    f"holds the results of a different sweep ({', '.join(changed)} changed since "
-                    f"{recorded.get('sweep_file')} was run here); pass another --output_dir, or delete the folder to "
-                    f"start over"])
-        else:
+        if not self.identity_path.is_file():
             write_atomic(self.identity_path, json.dumps(identity, indent=2) + "\n")
+            return
+        recorded = json.loads(self.identity_path.read_text())
+        if changed := [key for key in ("config", "extra_args", "sweep_seed") if recorded.get(key) != identity[key]]:
+            raise SweepConfigError(str(self.directory), [
+                f"holds the results of a different sweep ({', '.join(changed)} changed since "
+                f"{recorded.get('sweep_file')} was run here); pass another --output_dir, or delete the folder to "
+                f"start over"])
 
     def load(self) -> dict[int, TrialRecord]:
-        if not self.results_path.is_file():
-            return {}
+        lines = self.results_path.read_text().splitlines() if self.results_path.is_file() else []
         records: dict[int, TrialRecord] = {}
-        for number, line in enumerate(self.results_path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
+        for number, line in enumerate(lines, start=1):
             try:
-                record = TrialRecord.from_json(line)
+                if line.strip():  # keys that are not fields (`trial`, the name) are left out
+                    data = json.loads(line)
+                    record = TrialRecord(**{key: data[key] for key in TrialRecord.__dataclass_fields__ if key in data})
+                    records[record.index] = record
             except (ValueError, TypeError) as error:
                 raise SweepConfigError(str(self.results_path), [f"line {number} is not a trial record: {error}"]) \
                     from error
-            records[record.index] = record
         return records
 
     def save(self, records: dict[int, TrialRecord]) -> None:
-        write_atomic(self.results_path, "".join(records[index].to_json() + "\n" for index in sorted(records)))
-
-
-def effective_cap(spec: SweepSpec, max_runs: int | None, grid_size: int | None) -> int:
-    caps = [cap for cap in (spec.run_cap, max_runs, grid_size) if cap is not None]
-    if not caps:
-        raise SweepConfigError(spec.source, [
-            f"run_cap: a {spec.method} sweep never ends by itself; set run_cap in the file or pass --max_runs N"])
-    return min(caps)
-
-
-def check_extra_args(spec: SweepSpec, extra_args: Sequence[str]) -> None:
-    """Extra arguments may override the sweep's constants (a smoke test), never what it searches."""
-    given = {token[2:].split("=", 1)[0] for token in extra_args if token.startswith("--")}
-    clashes = sorted(given & set(spec.searched))
-    if clashes:
-        raise SweepConfigError(spec.source, [
-            f"parameters.{name}: searched by the sweep; an extra --{name} would override every trial's value"
-            for name in clashes])
+        lines = (json.dumps({"trial": records[index].name, **asdict(records[index])}) for index in sorted(records))
+        write_atomic(self.results_path, "".join(line + "\n" for line in lines))
 
 
 def trial_command(spec: SweepSpec, params: dict[str, Any], trial_dir: Path, extra_args: Sequence[str]) -> list[str]:
     """The sweep's command for `params`, then the extra arguments (for argparse the later flag wins)."""
-    if "output_dir" in params:  # the sweep's folder for W&B runs; a local trial has its own
-        params = {**params, "output_dir": str(trial_dir)}
-    command = build_command(spec, params)
-    tail = [] if "output_dir" in params else ["--output_dir", str(trial_dir)]
-    return [*command, *extra_args, *tail]
+    swept = "output_dir" in params  # the sweep's folder for W&B runs; a local trial has its own
+    command = build_command(spec, {**params, "output_dir": str(trial_dir)} if swept else params)
+    return [*command, *extra_args, *([] if swept else ["--output_dir", str(trial_dir)])]
 
 
 def check_trial_arguments(spec: SweepSpec, trials: Iterable[dict[str, Any]], extra_args: Sequence[str]) -> None:
@@ -161,9 +122,8 @@ def check_trial_arguments(spec: SweepSpec, trials: Iterable[dict[str, Any]], ext
             f"root, where the W&B agent runs it too"])
     for params in trials:
         argv = [*train_argv(spec, params), *extra_args, "--output_dir", "unused"]
-        stderr = io.StringIO()
         try:
-            with contextlib.redirect_stderr(stderr):
+            with contextlib.redirect_stderr(io.StringIO()) as stderr:
                 parse_args(argv)
         except (SystemExit, ValueError, FileNotFoundError) as error:  # argparse prints its message, then exits
             printed = stderr.getvalue().strip().splitlines()
@@ -172,71 +132,33 @@ def check_trial_arguments(spec: SweepSpec, trials: Iterable[dict[str, Any]], ext
                                                  f"`python -m fer_hf.train --help`)"]) from error
 
 
-def _every_value(spec: SweepSpec, first: dict[str, Any]) -> list[dict[str, Any]]:
-    """`first`, then `first` with each other listed value of a parameter in turn: every `values` entry a trial may
-    get, whatever the method and --max_runs (a random or bayes trial's sampled number is parsed when proposed)."""
-    return [first] + [{**first, name: value} for name, parameter in spec.parameters.items()
-                      for value in parameter.spec.get("values", []) if value != first[name]]
-
-
 def metric_value(run_dir: str | os.PathLike, name: str) -> float | None:
     """The value W&B's run summary would hold for `name`, read from a finished run's output_dir (None if absent)."""
     source, key = local_metric(name)
-    if source == "results":
-        value = read_results(run_dir).get(key)
-    else:
-        history = read_trainer_state(run_dir).get("log_history", [])
-        value = next((entry[key] for entry in reversed(history) if key in entry), None)
+    history = [read_results(run_dir)] if source == "results" else read_trainer_state(run_dir).get("log_history", [])
+    value = next((entry[key] for entry in reversed(history) if key in entry), None)  # the last logged
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit|Interrupt)\b")
-
-
-def _log_error(path: Path) -> str:
-    """The log's last exception line (not accelerate's CalledProcessError about its child), else its last line."""
-    try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    errors = [line for line in lines if _EXCEPTION_LINE.match(line) and "CalledProcessError" not in line]
-    return (errors or lines or [""])[-1][:500]
-
-
-def _trial_environment(spec: SweepSpec, record: TrialRecord, trial_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    # A local trial is no W&B sweep run (train.py would otherwise nest output_dir under a run id).
-    env.pop("WANDB_SWEEP_ID", None)
-    # No W&B account needed: runs that report to wandb write offline folders (`wandb sync` uploads them later).
-    env.setdefault("WANDB_MODE", "offline")
-    env.setdefault("WANDB_DIR", str(trial_dir))
-    env.setdefault("WANDB_PROJECT", str(spec.config.get("project") or "fer_hf"))
-    env.setdefault("WANDB_RUN_GROUP", spec.name)
-    env.setdefault("WANDB_NAME", f"{spec.name}-{record.name}")
-    return env
-
-
 def run_trial(spec: SweepSpec, folder: SweepFolder, record: TrialRecord, extra_args: Sequence[str],
-              on_start=None, keep_checkpoints: bool = False) -> TrialRecord:
-    """Run one trial to the end and fill in its status, metric and log; a crash is recorded, never raised."""
+              on_start: Callable[[TrialRecord], Any], keep_checkpoints: bool = False) -> TrialRecord:
+    """Run a new record's trial to the end and fill in its status, metric and log; a crash is recorded, not raised."""
     trial_dir = folder.trial_dir(record)
-    if trial_dir.exists():
-        shutil.rmtree(trial_dir)  # what an interrupted or failed attempt left behind
+    shutil.rmtree(trial_dir, ignore_errors=True)  # what an interrupted or failed attempt left behind
     trial_dir.mkdir(parents=True)
     command = trial_command(spec, record.params, trial_dir, extra_args)
-    log_path = trial_dir / "train.log"
-    record.status, record.value, record.metrics, record.error, record.returncode = "running", None, {}, None, None
-    record.metric = spec.metric
-    record.output_dir, record.log, record.command = str(trial_dir), str(log_path), shlex.join(command)
-    record.started = datetime.datetime.now().isoformat(timespec="seconds")
-    if on_start:
-        on_start(record)
+    record.metric, record.output_dir, record.log = spec.metric, str(trial_dir), str(trial_dir / "train.log")
+    record.command, record.started = shlex.join(command), datetime.datetime.now().isoformat(timespec="seconds")
+    # No W&B account needed: runs that report to wandb write offline folders (`wandb sync` uploads them later).
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(trial_dir), "WANDB_RUN_GROUP": spec.name,
+           "WANDB_PROJECT": spec.config.get("project") or "fer_hf", "WANDB_NAME": f"{spec.name}-{record.name}",
+           **os.environ}
+    env.pop("WANDB_SWEEP_ID", None)  # a local trial is no W&B sweep run (train.py would nest output_dir under its id)
+    on_start(record)  # results.jsonl shows it running
     start = time.monotonic()
-    with open(log_path, "w") as log:
-        log.write(f"$ {record.command}\n")
-        log.flush()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env=_trial_environment(spec, record, trial_dir))
+    Path(record.log).write_text(f"$ {record.command}\n")
+    with open(record.log, "a") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             record.returncode = process.wait()
         except BaseException:
@@ -246,107 +168,97 @@ def run_trial(spec: SweepSpec, folder: SweepFolder, record: TrialRecord, extra_a
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            record.duration_s = round(time.monotonic() - start, 1)
             raise
     record.duration_s = round(time.monotonic() - start, 1)
     value = metric_value(trial_dir, spec.metric)
-    if record.returncode == 0 and value is not None:
-        record.status = "finished"
-        if math.isnan(value):  # a diverged run finishes with a NaN loss; JSON has no NaN, the table says why
-            record.error = f"{spec.metric} is NaN (the run diverged)"
-        else:
-            record.value = value
-        summary = read_results(trial_dir)
-        record.metrics = {key: summary[key] for key in EXTRA_METRICS if key in summary}
-        if not keep_checkpoints:
-            # The chosen model is saved in the trial folder itself; checkpoints only serve to resume a trial, which
-            # the runner never does, and would take ~100 MB a trial (13 GB for the 130 bayes runs at ResNet-18).
-            for checkpoint in checkpoints(trial_dir):
-                shutil.rmtree(checkpoint, ignore_errors=True)
-    else:
+    if record.returncode != 0 or value is None:
+        # The log's last exception line (not accelerate's CalledProcessError about its child), else its last line;
+        # nothing if the trial removed its own folder.
+        log = Path(record.log).read_text(errors="replace") if Path(record.log).is_file() else ""
+        lines = [line.strip() for line in log.splitlines() if line.strip()]
+        errors = [line for line in lines if _EXCEPTION_LINE.match(line) and "CalledProcessError" not in line]
         record.status = "failed"
-        record.error = (f"exit status {record.returncode}: {_log_error(log_path)}" if record.returncode
+        record.error = (f"exit status {record.returncode}: {(errors or lines or [''])[-1][:500]}" if record.returncode
                         else f"finished without {spec.metric} in {trial_dir}")
+        return record
+    # A diverged run finishes with a NaN loss; JSON has no NaN, the table says why.
+    record.status, record.value = "finished", None if math.isnan(value) else value
+    record.error = f"{spec.metric} is NaN (the run diverged)" if math.isnan(value) else None
+    summary = read_results(trial_dir)
+    record.metrics = {key: summary[key] for key in EXTRA_METRICS if key in summary}
+    if not keep_checkpoints:
+        # The chosen model is saved in the trial folder itself; checkpoints only serve to resume a trial, which the
+        # runner never does, and would take ~100 MB a trial (13 GB for the 130 bayes runs at ResNet-18).
+        for checkpoint in checkpoints(trial_dir):
+            shutil.rmtree(checkpoint, ignore_errors=True)
     return record
-
-
-def observations(records: dict[int, TrialRecord], before: int) -> list[Observation]:
-    return [Observation(r.params, r.value if r.status == "finished" else None)
-            for index, r in sorted(records.items()) if index < before and r.status in ("finished", "failed")]
 
 
 def _plan(spec: SweepSpec, extra_args: Sequence[str], max_runs: int | None, sweep_seed: int) -> tuple[Planner, int]:
     """The planner and the number of trials, once every argument the first trials get has parsed."""
-    check_extra_args(spec, extra_args)
+    # Extra arguments may override the sweep's constants (a smoke test), never what it searches.
+    given = {token[2:].split("=", 1)[0] for token in extra_args if token.startswith("--")}
+    if clashes := sorted(given & set(spec.searched)):
+        raise SweepConfigError(spec.source, [
+            f"parameters.{name}: searched by the sweep; an extra --{name} would override every trial's value"
+            for name in clashes])
     planner = Planner(spec, sweep_seed)
-    cap = effective_cap(spec, max_runs, planner.grid_size)
-    # Every listed value parses before the first trial starts, and so does every command of a grid (known ahead).
-    trials = [*(planner.grid or [])[:cap], *_every_value(spec, planner.params(0))]
+    grid_size = None if planner.grid is None else len(planner.grid)
+    if not (caps := [cap for cap in (spec.run_cap, max_runs, grid_size) if cap is not None]):
+        raise SweepConfigError(spec.source, [
+            f"run_cap: a {spec.method} sweep never ends by itself; set run_cap in the file or pass --max_runs N"])
+    # Every command of a grid (known ahead) parses before the first trial starts, and so does every `values` entry a
+    # random or bayes trial may get (its sampled numbers are parsed when proposed).
+    first = planner.params(0)
+    trials = [*(planner.grid or [])[:min(caps)], first]
+    trials += [{**first, name: value} for name, p in spec.parameters.items()
+               for value in p.spec.get("values", []) if value != first[name]]
     check_trial_arguments(spec, {json.dumps(params, sort_keys=True): params for params in trials}.values(), extra_args)
-    return planner, cap
+    return planner, min(caps)
 
 
 def planned_commands(spec: SweepSpec, output_dir: str | os.PathLike, extra_args: Sequence[str], *,
                      max_runs: int | None = None, sweep_seed: int = 0) -> list[list[str]]:
     """The commands a run would launch, without running anything (bayes: as proposed before any result)."""
     planner, cap = _plan(spec, extra_args, max_runs, sweep_seed)
-    folder = SweepFolder(output_dir)
     records = [TrialRecord(index, planner.params(index)) for index in range(cap)]
-    return [trial_command(spec, record.params, folder.trial_dir(record), extra_args) for record in records]
+    return [trial_command(spec, r.params, SweepFolder(output_dir).trial_dir(r), extra_args) for r in records]
 
 
-def run_sweep(
-    spec: SweepSpec,
-    output_dir: str | os.PathLike,
-    extra_args: Sequence[str] = (),
-    *,
-    max_runs: int | None = None,
-    sweep_seed: int = 0,
-    retry_failed: bool = False,
-    keep_checkpoints: bool = False,
-) -> list[TrialRecord]:
+def run_sweep(spec: SweepSpec, output_dir: str | os.PathLike, extra_args: Sequence[str] = (), *,
+              max_runs: int | None = None, sweep_seed: int = 0, retry_failed: bool = False,
+              keep_checkpoints: bool = False) -> list[TrialRecord]:
     """Run (or resume) the sweep in `output_dir`; return every trial's record, in trial order."""
     extra_args = list(extra_args)
     planner, cap = _plan(spec, extra_args, max_runs, sweep_seed)
     if spec.config.get("early_terminate"):
-        logger.warning("early_terminate (hyperband) needs W&B's controller; the local runner runs every trial to the "
-                       "end.")
+        logger.warning("early_terminate needs W&B's controller; the local runner runs every trial to the end.")
     folder = SweepFolder(output_dir)
-    with folder.locked():
+    with exclusive(folder.directory, "python -m fer_hf.sweep"):  # two runners on one folder would run the same trials
         folder.claim({"sweep_file": spec.source, "config": json.loads(json.dumps(spec.config)),
                       "extra_args": extra_args, "sweep_seed": None if planner.grid is not None else sweep_seed})
         records = folder.load()
-        skipped = sum(r.status == "finished" or (r.status == "failed" and not retry_failed) for r in records.values())
-        if skipped:
+        # Trials a stopped sweep left running (and failed ones, with --retry_failed) first, then new ones.
+        redo = [i for i in sorted(records) if records[i].status == "running"
+                or retry_failed and records[i].status == "failed"]
+        if skipped := len(records) - len(redo):
             logger.info("%s: %d trial(s) already done, kept (rerun failed ones with --retry_failed).",
                         folder.directory, skipped)
-
-        attempted: set[int] = set()  # each trial runs at most once per invocation
-
-        def pending() -> TrialRecord | None:
-            redo = [r for r in records.values() if r.index not in attempted
-                    and (r.status == "running" or (retry_failed and r.status == "failed"))]
-            if redo:
-                return min(redo, key=lambda r: r.index)
-            reached = [r for r in records.values() if r.status == "finished" and spec.reached_target(r.value)]
-            if reached:
+        for index in [*redo, *(i for i in range(cap) if i not in records)]:
+            if index in redo:
+                params = records[index].params
+            elif reached := [r for r in records.values() if r.status == "finished" and spec.reached_target(r.value)]:
                 logger.info("%s reached the target %s=%s: no new trials.", reached[0].name, spec.metric, spec.target)
-                return None
-            index = next((i for i in range(cap) if i not in records), None)
-            if index is None:
-                return None
-            params = planner.params(index, observations(records, index))
-            if planner.grid is None:
-                check_trial_arguments(spec, [params], extra_args)
-            return TrialRecord(index, params)
-
-        while (record := pending()) is not None:
-            attempt = "rerun" if record.index in records else "start"
-            shown = " ".join(f"{name}={record.params[name]}" for name in spec.searched)
-            logger.info("[%d/%d] %s %s: %s", record.index + 1, cap, attempt, record.name, shown or "(no searched "
-                        "parameters)")
-            records[record.index] = record
-            attempted.add(record.index)
+                break
+            else:
+                history = [Observation(r.params, r.value) for i, r in sorted(records.items())
+                           if i < index and r.status != "running"]
+                params = planner.params(index, history)
+                if planner.grid is None:
+                    check_trial_arguments(spec, [params], extra_args)
+            records[index] = record = TrialRecord(index, params)
+            shown = " ".join(f"{name}={params[name]}" for name in spec.searched) or "(no searched parameters)"
+            logger.info("[%d/%d] %s %s: %s", index + 1, cap, "rerun" if index in redo else "start", record.name, shown)
             run_trial(spec, folder, record, extra_args, on_start=lambda _: folder.save(records),
                       keep_checkpoints=keep_checkpoints)
             folder.save(records)
@@ -356,4 +268,3 @@ def run_sweep(
             else:
                 logger.warning("    %s FAILED (%s); log: %s", record.name, record.error, record.log)
     return [records[index] for index in sorted(records)]
-
