@@ -269,12 +269,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def ensemble_probabilities(
-    classifiers: Sequence[FerClassifier], images: Iterable[Image.Image], tta: str = "none", batch_size: int = 128
+    classifiers: Sequence[FerClassifier], images: Iterable[Image.Image], tta: str = "none", batch_size: int = 128,
+    progress: str | None = None,
 ) -> np.ndarray:
     """Class probabilities (N, num_labels) as `evaluate_model` scores them: each model's logits averaged over its TTA
-    views, then the models' probabilities averaged."""
+    views, then the models' probabilities averaged. `progress`: show a progress bar per model with this title."""
+    from tqdm.auto import tqdm
+
     images = list(images)
-    return np.mean([softmax(view_logits(c, images, tta, batch_size).mean(axis=1)) for c in classifiers], axis=0)
+    probabilities = []
+    for i, classifier in enumerate(classifiers, 1):
+        shown = tqdm(images, desc=f"{progress} ({i}/{len(classifiers)})", unit="face", disable=progress is None)
+        probabilities.append(softmax(view_logits(classifier, shown, tta, batch_size).mean(axis=1)))
+    return np.mean(probabilities, axis=0)
 
 
 def evaluate_model(

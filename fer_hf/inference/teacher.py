@@ -64,7 +64,8 @@ def teacher_probabilities(
                              f"dataset's {list(names)}; distil from a model trained on this label set.")
     logger.info("Teacher targets: %s on %d training images, TTA %s (%s)", " + ".join(map(str, folders)), len(split),
                 tta, classifiers[0].backend)
-    probs = ensemble_probabilities(classifiers, (example["image"] for example in split), tta, batch_size)
+    probs = ensemble_probabilities(classifiers, (example["image"] for example in split), tta, batch_size,
+                                   progress="teacher targets")
     probs = np.ascontiguousarray(probs, dtype=np.float32)
     if cache is not None:
         partial = cache.with_name(f".{cache.name}.{os.getpid()}")
