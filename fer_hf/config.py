@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from fer_hf.labels import SPLITS
+from fer_hf.labels import SPLITS, TtaMode
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class ModelArguments:
     distill_temperature: float = field(
         default=1.0, metadata={"help": "Softmax temperature of the teacher term (its KL divergence is scaled by T^2)."}
     )
-    distill_tta: str = field(
+    distill_tta: TtaMode = field(
         default="tencrop", metadata={"help": "Views the teachers' probabilities average: none, hflip or tencrop."}
     )
 

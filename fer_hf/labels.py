@@ -3,7 +3,7 @@ size, and the image file suffixes the tools read."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:  # datasets takes a second to import; `predict --help` and the ONNX Runtime path never need it
     from datasets import Features
@@ -18,6 +18,10 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SPLIT_TO_USAGE: dict[str, str] = {split: usage for usage, split in USAGE_TO_SPLIT.items()}
 
 IMAGE_SIZE = 48  # FER-2013 faces are 48x48 grayscale
+
+# Test-time augmentation: the views of a face whose logits are averaged (evaluate, predict, distillation teachers).
+TtaMode = Literal["none", "hflip", "tencrop"]
+TTA_MODES: tuple[str, ...] = get_args(TtaMode)
 
 # FER+ (microsoft/FERPlus, fer2013new.csv): ten annotators per FER-2013 image voted over these columns, in this order.
 FERPLUS_COLUMNS: tuple[str, ...] = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",

@@ -269,6 +269,29 @@ def test_any_photo_reads_as_upright_rgb_or_fails_naming_the_file(case):
         assert loaded.rgb.shape[:2] == loaded.original_size[::-1]
 
 
+def test_the_fast_crop_reader_leaves_every_file_with_more_than_pixels_to_read_image(tmp_path):
+    from PIL import Image, PngImagePlugin
+
+    from fer_hf.inference.images import read_image, read_plain_gray
+
+    face = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 40), dtype=np.uint8))
+    face.save(tmp_path / "plain.png")
+    assert np.array_equal(read_plain_gray(tmp_path / "plain.png"), read_image(tmp_path / "plain.png").gray)
+    # ImageMagick writes EXIF into a text chunk; Pillow reads the orientation there and turns the face.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Raw profile type exif", "exif\n" + f"{len(exif.tobytes()):8d}\n" + exif.tobytes().hex())
+    face.save(tmp_path / "text.png", pnginfo=text)
+    assert read_plain_gray(tmp_path / "text.png") is None
+    # A header claiming 20000 x 20000 is refused before anything is decoded (read_image then names the limit).
+    data = bytearray((tmp_path / "plain.png").read_bytes())
+    data[16:24] = (20000).to_bytes(4, "big") * 2
+    (tmp_path / "huge.png").write_bytes(bytes(data))
+    assert read_plain_gray(tmp_path / "huge.png") is None
+    assert read_plain_gray(tmp_path / "plain.png", max_megapixels=0.001) is None
+
+
 # What ImageOps.exif_transpose does for each EXIF orientation; the file stores the inverse of it.
 _TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
               7: "TRANSVERSE", 8: "ROTATE_90"}

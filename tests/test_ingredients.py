@@ -74,7 +74,8 @@ def test_ingredients_are_off_by_default_and_are_flags_and_yaml_keys(tmp_path, ca
                                  ("--distill_temperature", "0", "distill_temperature must be > 0")]:
         with pytest.raises(ValueError, match=message):
             parse_args([flag, value])
-    for flag, value in [("--remode", "noise"), ("--class_weighting", "balanced"), ("--augment_on", "gpu")]:
+    for flag, value in [("--remode", "noise"), ("--class_weighting", "balanced"), ("--augment_on", "gpu"),
+                        ("--distill_tta", "fivecrop")]:
         with pytest.raises(SystemExit):  # a Literal field: argparse refuses the value, naming the choices
             parse_args([flag, value])
         err = capsys.readouterr().err
@@ -347,9 +348,15 @@ def test_teacher_targets_are_the_shipped_models_probabilities_and_are_kept(fer20
                           probs)  # read back
     with pytest.raises(AssertionError, match="computed again"):  # other views: not the saved targets
         teacher_module.teacher_probabilities([DEFAULT_MODEL_DIR], split, tta="none", cache=cache)
-    with pytest.raises(AssertionError, match="computed again"):  # other images
-        teacher_module.teacher_probabilities([DEFAULT_MODEL_DIR], split.select(range(1, 40)), tta="hflip",
+    with pytest.raises(AssertionError, match="computed again"):  # as many images, with the same labels: other faces
+        others = fer2013["train"].select(range(40, 2000))
+        same_labels = [next(i for i, label in enumerate(others["label"]) if label == wanted)
+                       for wanted in split["label"]]
+        teacher_module.teacher_probabilities([DEFAULT_MODEL_DIR], others.select(same_labels), tta="hflip",
                                              cache=cache)
+    # The same teacher under another path is the same teacher.
+    assert np.array_equal(teacher_module.teacher_probabilities([f"{DEFAULT_MODEL_DIR}/."], split, tta="hflip",
+                                                               cache=cache), probs)
 
 
 def test_distillation_trains_end_to_end_and_refuses_mixup(tmp_path):

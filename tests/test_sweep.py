@@ -205,6 +205,13 @@ DOCUMENTED_INVALID = {
     "hyperband without type": ("program: t.py\nmethod: random\nparameters: {x: {value: 1}}\nearly_terminate: "
                                "{min_iter: 3}", "early_terminate.type"),
     "run_cap zero": ("program: t.py\nmethod: grid\nrun_cap: 0\nparameters: {x: {value: 1}}", "run_cap"),
+    "method typo": ("program: t.py\nmethod: bayesian\nparameters: {x: {value: 1}}", "(did you mean bayes?)"),
+    "bad parameter name": ("program: t.py\nmethod: grid\nparameters: {1x: {value: 1}}",
+                           "parameters.1x: not a valid parameter name"),
+    "numeric parameter name": ("program: t.py\nmethod: grid\nparameters: {1: {value: 1}}",
+                               "parameters.1: not a valid parameter name"),
+    "distribution as a list": ("program: t.py\nmethod: random\nparameters: {x: {distribution: [uniform], min: 0, "
+                               "max: 1}}", "unknown distribution ['uniform']"),
     "unknown macro": ("method: grid\nparameters: {x: {value: 1}}\ncommand: [python, t.py, '${arg}']",
                       "unknown macro '${arg}' (did you mean args"),
     # W&B's docs show `--batch_size=${batch_size}`, but wandb's agent substitutes only whole-item macros.
@@ -321,6 +328,13 @@ def test_grid_is_wandbs_grid():
     assert [c["seed"] for c in combinations[:6:2]] == [1, 2, 3]
     assert sorted({c["num_train_epochs"] for c in combinations}) == [1, 2]
     assert combinations[-1]["learning_rate"] == 0.01 and all(c["optim"] == "adafactor" for c in combinations)
+
+
+def test_an_integral_float_run_cap_is_a_number_of_trials():
+    spec = _spec(_with(method="random", run_cap=5.0))  # W&B's schema takes 5.0 for an integer
+    assert spec.run_cap == 5 and isinstance(spec.run_cap, int)
+    message = wandb_violations(_with(param_x={"distribution": "log_unifrm", "min": 1, "max": 2}))[0]
+    assert "log_uniform_values" in message and "log_uniform," not in message  # the deprecated form is not offered
 
 
 def test_metric_names_map_to_the_trainers_files():

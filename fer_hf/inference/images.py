@@ -9,6 +9,7 @@ import logging
 import os
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,10 +133,19 @@ def read_image(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGA
     return LoadedImage(path=str(path), rgb=rgb, original_size=(width, height))
 
 
-def read_plain_gray(path: str | os.PathLike, max_bytes: int = 1 << 20) -> np.ndarray | None:
-    """An 8-bit grayscale PNG without transparency or EXIF (a dataset's face crop) decoded by OpenCV: the pixels
+# PNG chunks that change no pixel of a gray image as Pillow and OpenCV both decode it. Any other chunk (tRNS
+# transparency, eXIf or a text chunk holding an EXIF orientation that Pillow applies, PLTE) sends the file to
+# read_image.
+_PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs",
+                               b"tIME", b"bKGD"})
+
+
+def read_plain_gray(
+    path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, max_bytes: int = 1 << 20
+) -> np.ndarray | None:
+    """An 8-bit grayscale PNG with nothing but pixels in it (a dataset's face crop) decoded by OpenCV: the pixels
     `read_image(path).gray` gives, several times faster. None for any other file, which `read_image` then reads (and
-    judges: missing, empty, corrupt)."""
+    judges: missing, empty, corrupt, too large)."""
     import cv2
 
     try:
@@ -143,13 +153,28 @@ def read_plain_gray(path: str | os.PathLike, max_bytes: int = 1 << 20) -> np.nda
             data = file.read(max_bytes + 1)
     except OSError:
         return None
-    # IHDR (bytes 16-28): bit depth 8 and colour type 0 (gray); tRNS would make a pixel transparent, eXIf may turn it;
-    # a file cut short (no IEND) is left to read_image's message.
-    if len(data) > max_bytes or data[:8] != b"\x89PNG\r\n\x1a\n" or data[24:26] != b"\x08\x00" \
-            or data[-8:-4] != b"IEND" or b"tRNS" in data or b"eXIf" in data:
+    # IHDR (bytes 16-28): width, height, bit depth 8, colour type 0 (gray); checked before anything is decoded.
+    if len(data) > max_bytes or data[:8] != b"\x89PNG\r\n\x1a\n" or data[24:26] != b"\x08\x00":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    if max(width, height) > WORKING_SIDE or width * height > max_megapixels * 1e6:
+        return None
+    at = 8
+    while at + 12 <= len(data):  # every chunk known and whole (its CRC right), the last one IEND at the file's end
+        length, kind = struct.unpack(">I4s", data[at: at + 8])
+        end = at + 12 + length
+        if kind not in _PLAIN_PNG_CHUNKS or end > len(data) \
+                or zlib.crc32(data[at + 4: end - 4]) != struct.unpack(">I", data[end - 4: end])[0]:
+            return None
+        if kind == b"IEND":
+            break
+        at = end
+    else:
+        return None
+    if end != len(data):
         return None
     gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if gray is None or gray.ndim != 2 or gray.dtype != np.uint8 or max(gray.shape) > WORKING_SIDE:
+    if gray is None or gray.ndim != 2 or gray.dtype != np.uint8 or gray.shape != (height, width):
         return None
     return gray
 

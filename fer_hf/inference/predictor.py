@@ -131,7 +131,7 @@ def predict_images(
     def load(path: Path) -> tuple[dict, list[Box], np.ndarray | list, float, LoadedImage | None]:
         # (record, boxes, prepared crops, scale to file pixels, the decoded photo only while it is to be annotated)
         record = {"file": str(path), "faces": [], "error": None}
-        if predictor.detector is None and not annotate and (gray := read_plain_gray(path)) is not None:
+        if predictor.detector is None and not annotate and (gray := read_plain_gray(path, max_megapixels)) is not None:
             # A face crop (--no_detect): its pixels without Pillow's per-file overhead, which outweighed the model.
             box = (0, 0, gray.shape[1], gray.shape[0])
             return record, [box], predictor.prepare([whole_image_face(gray)]), 1.0, None

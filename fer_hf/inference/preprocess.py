@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-TTA_MODES = ("none", "hflip", "tencrop")
+from fer_hf.labels import TTA_MODES
+
 VIEWS_PER_FACE = {"none": 1, "hflip": 2, "tencrop": 10}
 # Ten-crop takes crops of this fraction of the side (then scaled to the input size, as RandomResizedCrop does in
 # training): the four corners and the centre, and their mirror images.

@@ -2,8 +2,9 @@
 
 The teachers run through the same path as `fer_hf.evaluate --model A B --tta MODE` (`ensemble_probabilities`: each
 model's logits averaged over its views, then the models' probabilities averaged), each at its own input size. The
-result is saved in the run folder with what it was computed from (the teachers' weights, the views, the images), so a
-resumed run reads it back instead of computing it again, and a changed teacher is never read stale.
+result is saved in the run folder with what it was computed from (the teachers' weights, the views, the images'
+pixels), so a resumed run reads it back instead of computing it again, and a changed teacher is never read stale.
+(The teachers' label names need no check here: `load_classifier` refuses a model whose labels are not FER-2013's.)
 """
 
 from __future__ import annotations
@@ -18,22 +19,28 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 from datasets import Dataset
+from PIL import Image
 
 from fer_hf.inference.classifier import ensemble_probabilities, load_classifier
 from fer_hf.inference.preprocess import check_tta
-from fer_hf.model_files import WEIGHTS_FILE, read_model_config
+from fer_hf.model_files import LEGACY_WEIGHTS_FILE, WEIGHTS_FILE, read_model_config
 
 logger = logging.getLogger(__name__)
 
 
-def _identity(folders: Sequence[str | os.PathLike], split: Dataset, tta: str) -> dict:
+def _identity(folders: Sequence[str | os.PathLike], images: Sequence[Image.Image], tta: str) -> dict:
+    """What the targets depend on: the teachers' weights (not their paths), the views, and the images' pixels."""
     weights = []
     for folder in folders:
         read_model_config(folder)  # names a folder that is no model before anything runs
-        weights.append(hashlib.sha256((Path(folder) / WEIGHTS_FILE).read_bytes()).hexdigest())
-    labels = np.asarray(split.with_format("numpy")["label"], np.int64)
-    return {"teachers": [str(folder) for folder in folders], "weights_sha256": weights, "tta": tta,
-            "images": len(split), "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()}
+        stored = next((Path(folder) / name for name in (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE)
+                       if (Path(folder) / name).is_file()), None)
+        weights.append(hashlib.sha256(stored.read_bytes()).hexdigest() if stored else str(folder))
+    pixels = hashlib.sha256()
+    for image in images:
+        pixels.update(f"{image.mode}{image.size}".encode())
+        pixels.update(image.tobytes())
+    return {"weights_sha256": weights, "tta": tta, "images": len(images), "pixels_sha256": pixels.hexdigest()}
 
 
 def teacher_probabilities(
@@ -45,7 +52,8 @@ def teacher_probabilities(
     `cache`: a file to read them from when it was computed from the same teachers, views and images, and to save them
     to otherwise."""
     check_tta(tta)
-    identity = _identity(folders, split, tta)
+    images = list(split["image"])  # decoded once: hashed for the identity, then run through the teachers
+    identity = _identity(folders, images, tta)
     cache = Path(cache) if cache is not None else None
     if cache is not None and cache.is_file():
         try:
@@ -53,19 +61,15 @@ def teacher_probabilities(
                 if json.loads(saved.metadata().get("identity", "null")) == identity:
                     logger.info("Teacher targets: read back from %s", cache)
                     return saved.get_tensor("probs")
+            # Resuming a run against other targets than it started with changes what it learns: said, not silent.
+            logger.warning("%s was computed from other teachers, views or images than these; computing the teacher "
+                           "targets again.", cache)
         except Exception as err:  # a damaged file is computed again
             logger.warning("%s is unreadable (%s); computing the teacher targets again.", cache, err)
-        logger.info("%s was computed from other teachers, views or images; computing again.", cache)
     classifiers = [load_classifier(folder, backend=backend) for folder in folders]
-    names = split.features["label"].names
-    for folder, classifier in zip(folders, classifiers, strict=True):
-        if classifier.label_names != list(names):
-            raise ValueError(f"--distill_from {folder}: the teacher's labels {classifier.label_names} differ from the "
-                             f"dataset's {list(names)}; distil from a model trained on this label set.")
     logger.info("Teacher targets: %s on %d training images, TTA %s (%s)", " + ".join(map(str, folders)), len(split),
                 tta, classifiers[0].backend)
-    probs = ensemble_probabilities(classifiers, (example["image"] for example in split), tta, batch_size,
-                                   progress="teacher targets")
+    probs = ensemble_probabilities(classifiers, images, tta, batch_size, progress="teacher targets")
     probs = np.ascontiguousarray(probs, dtype=np.float32)
     if cache is not None:
         partial = cache.with_name(f".{cache.name}.{os.getpid()}")

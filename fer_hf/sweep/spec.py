@@ -94,7 +94,11 @@ def _describe(error: jsonschema.ValidationError, where: tuple = ()) -> str:
         unknown = [key for key in error.instance if key not in known]
         return "; ".join(f"{'.'.join(filter(None, (path, str(key))))}: unknown key{_suggest(str(key), known)}; W&B "
                          f"takes {', '.join(known)}" for key in unknown)
+    if error.validator == "pattern" and error.schema_path and "propertyNames" in error.schema_path:
+        return f"{path}.{error.instance}: not a valid parameter name (letters, digits, _ . -; not a digit first)"
     hint = _YAML_FLOAT_HINT if isinstance(error.instance, str) and "number" in str(error.validator_value) else ""
+    if error.validator == "enum" and isinstance(error.instance, str):
+        hint = _suggest(error.instance, [str(value) for value in error.validator_value])
     return f"{path or 'sweep'}: {error.message}{hint}"
 
 
@@ -131,13 +135,15 @@ def _resolve_parameter(name: str, spec: Any, problems: list[str]) -> Parameter |
         problems.append(f"{where}: give `value`, `values`, `min` and `max`, a `distribution`, or nested "
                         f"`parameters` (got keys {sorted(spec)})")
         return None
-    if f"{distribution}_values" in FORMS:  # log_uniform & co.: in the docs and the schema; the engine rejects them
+    # log_uniform & co.: in the docs and the schema; the engine rejects them
+    if isinstance(distribution, str) and f"{distribution}_values" in FORMS:
         problems.append(f"{where}: uses {distribution}, where min/max specify base-e exponents; W&B rejects it. Use "
                         f"{distribution}_values to specify limit values.")
         return None
-    if distribution not in FORMS:
+    if not isinstance(distribution, str) or distribution not in FORMS:
+        known = [name for name in FORMS if f"{name}_values" not in FORMS]  # the deprecated ones left out
         problems.append(f"{where}.distribution: unknown distribution {distribution!r}"
-                        f"{_suggest(str(distribution), FORMS)}; W&B knows {', '.join(FORMS)}")
+                        f"{_suggest(str(distribution), known)}; W&B knows {', '.join(known)}")
         return None
     filled = {**spec, "distribution": distribution}  # named, so an anyOf reports the real fault
     errors = [_describe(error, ("parameters", name)) for error in FORMS[distribution].iter_errors(filled)]
@@ -195,6 +201,9 @@ def wandb_violations(config: Any) -> list[str]:
         problems.append("parameters: required, the hyperparameters to search")
     elif isinstance(parameters, dict):
         for name, spec in parameters.items():
+            if not isinstance(name, str):  # YAML reads `1:` as a number, which the schema's name pattern never sees
+                problems.append(f"parameters.{name}: not a valid parameter name (letters, digits, _ . -)")
+                continue
             parameter = _resolve_parameter(name, spec, problems)
             if method == "grid" and parameter and parameter.distribution not in (*GRID_DISTRIBUTIONS, "nested"):
                 problems.append(f"parameters.{name}: a {parameter.distribution} parameter cannot be searched by "
@@ -292,7 +301,7 @@ def spec_from_config(config: Any, source: str = "sweep configuration") -> SweepS
             problems.append(f"metric.name: {error}")
 
     parameters: dict[str, Parameter] = {}
-    for name in sorted(config["parameters"]):
+    for name in sorted(config.get("parameters") or {}):  # none: a scheduler's search_space, refused above
         parameters[name] = parameter = _resolve_parameter(name, config["parameters"][name], [])
         if parameter.distribution == "nested":
             problems.append(f"parameters.{name}: nested parameters reach the program as one dict; fer_hf.train "
@@ -319,8 +328,9 @@ def spec_from_config(config: Any, source: str = "sweep configuration") -> SweepS
         problems.append("command: ${args} must come after fer_hf.train, where the train parser reads it")
     if problems:
         raise SweepConfigError(source, problems)
+    run_cap = int(config["run_cap"]) if "run_cap" in config else None  # the schema's integer takes 5.0 too
     return SweepSpec(source=source, config=config, method=method, metric=metric["name"],
-                     goal=metric.get("goal", "minimize"), target=metric.get("target"), run_cap=config.get("run_cap"),
+                     goal=metric.get("goal", "minimize"), target=metric.get("target"), run_cap=run_cap,
                      parameters=parameters, command=command)
 
 
