@@ -706,8 +706,9 @@ def test_any_sweep_file_plans_its_trials_or_is_refused_naming_the_file(config):
 
 
 def test_an_unreadable_file_in_a_folder_is_named_and_the_others_go_on(tmp_path, monkeypatch, capsys):
-    """chmod 000 where the tests do not run as root; as root (CI) nothing is unreadable, so Pillow's open raises the
-    PermissionError the kernel would give."""
+    """chmod 000 where the tests do not run as root; as root (CI) nothing is unreadable, so opening the file (Pillow's
+    open and the crop reader's alike) raises the PermissionError the kernel would give."""
+    import builtins
     import json
 
     from PIL import Image
@@ -722,14 +723,14 @@ def test_an_unreadable_file_in_a_folder_is_named_and_the_others_go_on(tmp_path, 
     if os.geteuid() != 0:
         locked.chmod(0)
     else:
-        original = Image.open
+        original = builtins.open
 
         def open_refusing(path, *args, **kwargs):
-            if Path(path) == locked:
+            if isinstance(path, (str, os.PathLike)) and Path(path) == locked:
                 raise PermissionError(13, "Permission denied", str(path))
             return original(path, *args, **kwargs)
 
-        monkeypatch.setattr(Image, "open", open_refusing)
+        monkeypatch.setattr(builtins, "open", open_refusing)
     assert predict.main([str(folder), "--no_detect", "--json"]) == 1
     records = json.loads(capsys.readouterr().out)
     assert [r["error"] is None for r in records] == [True, False, True]
