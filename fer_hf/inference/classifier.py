@@ -295,18 +295,17 @@ def evaluate_model(
 
     classifiers = [classifiers] if isinstance(classifiers, FerClassifier) else list(classifiers)
     images, labels = list(images), np.asarray(labels)
-    plain, augmented = [], []
-    for classifier in classifiers:
-        if tta == "hflip":  # the first of the two views is the plain image: one pass gives both figures
-            logits = view_logits(classifier, images, "hflip", batch_size)
-            plain.append(softmax(logits[:, 0]))
-            augmented.append(softmax(logits.mean(axis=1)))
-        else:
-            plain.append(softmax(view_logits(classifier, images, "none", batch_size)[:, 0]))
-            if tta == "tencrop":
-                augmented.append(softmax(view_logits(classifier, images, tta, batch_size).mean(axis=1)))
+    augmented = None
+    if check_tta(tta) == "hflip":  # the first of the two views is the plain image: one pass gives both figures
+        logits = [view_logits(classifier, images, "hflip", batch_size) for classifier in classifiers]
+        plain = np.mean([softmax(each[:, 0]) for each in logits], axis=0)
+        augmented = np.mean([softmax(each.mean(axis=1)) for each in logits], axis=0)
+    else:
+        plain = ensemble_probabilities(classifiers, images, "none", batch_size)
+        if tta == "tencrop":
+            augmented = ensemble_probabilities(classifiers, images, tta, batch_size)
     names = classifiers[0].label_names
-    reports = {"plain": classification_report(np.mean(plain, axis=0).argmax(-1), labels, names)}
-    if augmented:
-        reports[tta] = classification_report(np.mean(augmented, axis=0).argmax(-1), labels, names)
+    reports = {"plain": classification_report(plain.argmax(-1), labels, names)}
+    if augmented is not None:
+        reports[tta] = classification_report(augmented.argmax(-1), labels, names)
     return reports

@@ -54,9 +54,8 @@ class FacePredictor:
         self.margin = margin
         self.tta = tta
 
-    def locate(self, image: LoadedImage) -> tuple[list[Box], list]:
-        """Boxes (in the working image's pixels) and their 48x48 grayscale crops."""
-        gray = image.gray
+    def locate(self, gray: np.ndarray) -> tuple[list[Box], list]:
+        """Boxes (in the pixels of `gray`, a working image's `.gray`) and their 48x48 grayscale crops."""
         if self.detector is None:
             return [(0, 0, gray.shape[1], gray.shape[0])], [whole_image_face(gray)]
         boxes = self.detector.detect(gray)
@@ -85,7 +84,7 @@ class FacePredictor:
         ]
 
     def faces(self, image: LoadedImage) -> list[dict]:
-        boxes, crops = self.locate(image)
+        boxes, crops = self.locate(image.gray)
         return self.records(boxes, self.classify(crops), image.scale)
 
 
@@ -133,11 +132,11 @@ def predict_images(
         record = {"file": str(path), "faces": [], "error": None}
         if predictor.detector is None and not annotate and (gray := read_plain_gray(path, max_megapixels)) is not None:
             # A face crop (--no_detect): its pixels without Pillow's per-file overhead, which outweighed the model.
-            box = (0, 0, gray.shape[1], gray.shape[0])
-            return record, [box], predictor.prepare([whole_image_face(gray)]), 1.0, None
+            boxes, crops = predictor.locate(gray)
+            return record, boxes, predictor.prepare(crops), 1.0, None
         try:
             image = read_image(path, max_megapixels)
-            boxes, crops = predictor.locate(image)
+            boxes, crops = predictor.locate(image.gray)
         except ImageReadError as err:
             record["error"] = str(err)
             return record, [], [], 1.0, None
