@@ -131,12 +131,18 @@ def main(argv: list[str] | None = None) -> int:
                               min_neighbors=args.min_neighbors, min_face_size=args.min_face_size,
                               scale_factor=args.scale_factor, tta=args.tta)
 
-    records: list[dict] = []
+    written, failed = 0, False
 
     def emit(record: dict) -> None:
-        records.append(record)
-        if not args.json:
+        # --json streams one list, a record per line: json's C encoder (an indented dump runs its pure-Python one,
+        # 0.2 ms a record, a tenth of the model's time on a folder of crops), and nothing held for a large folder.
+        nonlocal written, failed
+        failed |= bool(record["error"])
+        if args.json:
+            sys.stdout.write(("[\n  " if not written else ",\n  ") + json.dumps(record))
+        else:
             tqdm.write(format_record(record), file=sys.stderr if record["error"] else sys.stdout)
+        written += 1
 
     for record in folder_errors:
         emit(record)
@@ -146,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.video is not None:
         emit(predict_video(predictor, args.video, frame_step=args.frame_step, annotate=annotate))
     if args.json:
-        print(json.dumps(records, indent=2))
-    return 1 if any(r["error"] for r in records) else 0
+        print("\n]" if written else "[]")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -87,3 +87,21 @@ def test_empty_batches_and_bad_modes():
         preprocess([], "fivecrop")
     with pytest.raises(ValueError, match="interpolation"):
         FacePreprocessor({**CONFIGS[0], "interpolation": "random"})
+
+
+@pytest.mark.parametrize("config", [*CONFIGS, _config(64, 0.9, "center", "nearest"), _config(40, 1.0, "border", "box"),
+                                    _config(52, 0.95, "center", "hamming", **IMAGENET)],
+                         ids=lambda c: f"{c['input_size'][1]}px-{c['crop_mode']}-{c['interpolation']}")
+def test_a_batch_of_one_size_resized_together_equals_timm_and_each_face_alone(config, faces):
+    """Faces of one size and mode (a detector's crops) go through Pillow as one stack; every face comes out as
+    timm's transform and as the same face prepared alone give it, plain and ten-crop (a wide RGB stack too)."""
+    preprocess = FacePreprocessor(config)
+    rng = np.random.default_rng(1)
+    wide = [Image.fromarray(rng.integers(0, 256, (37, 70, 3), dtype=np.uint8)) for _ in range(5)]
+    for batch in (faces[:40], wide):
+        together = preprocess.prepare(batch)
+        assert np.array_equal(together, np.concatenate([preprocess.prepare([face]) for face in batch]))
+        assert np.array_equal(preprocess.finish(together)[:, 0], _timm_reference(config, batch))
+    if config["input_size"][0] == 3:
+        tencrop = preprocess.prepare(faces[:40], "tencrop")
+        assert np.array_equal(tencrop, np.concatenate([preprocess.prepare([face], "tencrop") for face in faces[:40]]))

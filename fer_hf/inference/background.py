@@ -11,11 +11,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def read_ahead(function: Callable[[T], R], items: Iterable[T], depth: int) -> Iterator[R]:
-    """`function(item)` for each item, in order, computed by one background thread at most `depth` items ahead of
-    the consumer (so memory stays bounded). One thread, not a pool: OpenCV's cascade is not safe to share between
+def read_ahead(function: Callable[[T], R], items: Iterable[T], depth: int, workers: int = 1) -> Iterator[R]:
+    """`function(item)` for each item, in order, computed by background threads at most `depth` items ahead of
+    the consumer (so memory stays bounded). One thread unless told: OpenCV's cascade is not safe to share between
     threads, and decoding and detection already run their heavy parts outside the GIL."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fer_hf-read")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fer_hf-read")
     queue: deque[Future[R]] = deque()
     try:
         for item in items:

@@ -50,20 +50,27 @@ class FerClassifier:
         run: Callable[[np.ndarray], np.ndarray],
         backend: str,
         model=None,
+        streams: int = 1,
+        run_whole: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         self.config = config  # the model's config.json
         self.data_config = dict(data_config)
         self.model = model  # the PyTorch module behind `run`, when there is one
         self.backend = backend
+        # Batches worth running at once, each by `logits(..., whole=True)` (ONNX Runtime: one per thread, one thread
+        # each); `run` alone splits one batch across them.
+        self.streams = streams
         self._run = run
+        self._run_whole = run_whole or run
         self.preprocess = FacePreprocessor(self.data_config)
         self.label_names: list[str] = label_names(config)
 
-    def logits(self, pixel_values) -> np.ndarray:
-        """(N, C, H, W) normalised pixels (numpy or torch) -> (N, num_labels) float32 logits."""
+    def logits(self, pixel_values, whole: bool = False) -> np.ndarray:
+        """(N, C, H, W) normalised pixels (numpy or torch) -> (N, num_labels) float32 logits. `whole`: in one run,
+        for a caller that runs `streams` batches at once."""
         if not isinstance(pixel_values, np.ndarray):
             pixel_values = pixel_values.numpy()
-        return self._run(np.ascontiguousarray(pixel_values, dtype=np.float32))
+        return (self._run_whole if whole else self._run)(np.ascontiguousarray(pixel_values, dtype=np.float32))
 
     def views(self, tta: str = "none") -> Callable[[Image.Image], np.ndarray]:
         """The function turning one face into its stack of views, (V, C, H, W): 1, 2 or 10 views."""
@@ -224,7 +231,7 @@ def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | N
         return np.concatenate([run_one(parts[0]), *(future.result() for future in others)])
 
     return FerClassifier(config, data_config, run, backend=f"onnxruntime ({session.get_providers()[0]}, "
-                         f"{threads} thread{'s' if threads > 1 else ''})")
+                         f"{threads} thread{'s' if threads > 1 else ''})", streams=threads, run_whole=run_one)
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -256,10 +263,11 @@ def view_logits(
     return np.concatenate(out)
 
 
-def prepared_logits(classifier: FerClassifier, prepared: np.ndarray, tta: str = "none") -> np.ndarray:
-    """Logits (N, V, num_labels) of faces already through `classifier.preprocess.prepare`."""
+def prepared_logits(classifier: FerClassifier, prepared: np.ndarray, tta: str = "none", whole: bool = False
+                    ) -> np.ndarray:
+    """Logits (N, V, num_labels) of faces already through `classifier.preprocess.prepare` (`whole`: see `logits`)."""
     views = classifier.preprocess.finish(prepared, tta)  # (N, V, C, H, W)
-    logits = classifier.logits(views.reshape(-1, *views.shape[2:]))
+    logits = classifier.logits(views.reshape(-1, *views.shape[2:]), whole)
     return logits.reshape(len(prepared), views.shape[1], -1)
 
 

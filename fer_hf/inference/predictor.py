@@ -61,16 +61,12 @@ class FacePredictor:
         boxes = self.detector.detect(gray)
         return boxes, [crop_face(gray, box, self.margin) for box in boxes]
 
-    def prepare(self, crops: list) -> np.ndarray:
-        """The crops through the per-face part of preprocessing (safe to run in a reading thread)."""
-        return self.classifier.preprocess.prepare(crops, self.tta)
-
-    def classify(self, crops: list | np.ndarray) -> np.ndarray:
-        """Class probabilities (N, num_labels) of crops, or of crops already through `prepare`."""
-        prepared = crops if isinstance(crops, np.ndarray) else self.prepare(crops)
-        if not len(prepared):
+    def classify(self, crops: list, whole: bool = False) -> np.ndarray:
+        """Class probabilities (N, num_labels) of crops (`whole`: see `FerClassifier.logits`)."""
+        if not crops:
             return np.zeros((0, len(self.classifier.label_names)), np.float32)
-        return softmax(prepared_logits(self.classifier, prepared, self.tta).mean(axis=1))
+        prepared = self.classifier.preprocess.prepare(crops, self.tta)
+        return softmax(prepared_logits(self.classifier, prepared, self.tta, whole).mean(axis=1))
 
     def records(self, boxes: list[Box], probabilities: np.ndarray, scale: float) -> list[dict]:
         names = self.classifier.label_names
@@ -121,53 +117,57 @@ def predict_images(
 ) -> Iterator[dict]:
     """One record per file, in order: `{"file", "faces": [{"box", "label", "scores"}], "error"}`.
 
-    A background thread reads the files, finds and crops their faces and prepares them for the model, up to a
-    batch ahead, while this one runs the model on the previous batch. Decoded photos are dropped once cropped, unless
-    they are still to be annotated (then batches are smaller).
+    A background thread reads the files and finds and crops their faces, up to a batch ahead; `streams` others
+    prepare whole batches of crops and run the model on them; this one writes the records. Decoded photos are
+    dropped once cropped, unless they are still to be annotated (then batches are smaller).
     """
     max_pending = min(batch_size, 4) if annotate else batch_size
 
-    def load(path: Path) -> tuple[dict, list[Box], np.ndarray | list, float, LoadedImage | None]:
-        # (record, boxes, prepared crops, scale to file pixels, the decoded photo only while it is to be annotated)
+    def load(path: Path) -> tuple[dict, list[Box], list, float, LoadedImage | None]:
+        # (record, boxes, crops, scale to file pixels, the decoded photo only while it is to be annotated)
         record = {"file": str(path), "faces": [], "error": None}
         if predictor.detector is None and not annotate and (gray := read_plain_gray(path, max_megapixels)) is not None:
             # A face crop (--no_detect): its pixels without Pillow's per-file overhead, which outweighed the model.
-            boxes, crops = predictor.locate(gray)
-            return record, boxes, predictor.prepare(crops), 1.0, None
+            return record, *predictor.locate(gray), 1.0, None
         try:
             image = read_image(path, max_megapixels)
             boxes, crops = predictor.locate(image.gray)
         except ImageReadError as err:
             record["error"] = str(err)
             return record, [], [], 1.0, None
-        return record, boxes, predictor.prepare(crops) if crops else [], image.scale, image if annotate else None
+        return record, boxes, crops, image.scale, image if annotate else None
 
-    pending: list[tuple[dict, list[Box], np.ndarray | list, float, LoadedImage | None]] = []
-    progress = tqdm(total=len(files), unit="image", desc="predict", disable=None if len(files) > 1 else True)
-    try:
+    def batches() -> Iterator[list]:
+        pending: list[tuple[dict, list[Box], list, float, LoadedImage | None]] = []
         # Photos kept for annotation are large: read only one ahead of those.
         for loaded in read_ahead(load, files, depth=1 if annotate else max_pending):
             pending.append(loaded)
             if len(pending) >= max_pending or sum(len(p[2]) for p in pending) >= batch_size:
-                yield from _flush(predictor, pending, annotate)
-                progress.update(len(pending))
+                yield pending
                 pending = []
-        yield from _flush(predictor, pending, annotate)
-        progress.update(len(pending))
+        if pending:
+            yield pending
+
+    def classify(pending: list) -> tuple[list, np.ndarray]:
+        # The batch's crops prepared together: faces of one size go through Pillow in one call.
+        return pending, predictor.classify([crop for _, _, crops, _, _ in pending for crop in crops], whole=True)
+
+    progress = tqdm(total=len(files), unit="image", desc="predict", disable=None if len(files) > 1 else True)
+    try:
+        # The model runs in threads of its own, `streams` whole batches at once, while this one writes the records
+        # of the last: a batch split across threads waits for its slowest part, which the reader's thread slowed.
+        streams = predictor.classifier.streams
+        for pending, probabilities in read_ahead(classify, batches(), depth=streams, workers=streams):
+            start = 0
+            for record, boxes, crops, scale, image in pending:
+                record["faces"] = predictor.records(boxes, probabilities[start: start + len(crops)], scale)
+                start += len(crops)
+                if annotate is not None and image is not None:
+                    annotate.write_image(image, record["faces"])
+                yield record
+            progress.update(len(pending))
     finally:
         progress.close()
-
-
-def _flush(predictor: FacePredictor, pending: list, annotate: AnnotationTarget | None) -> Iterator[dict]:
-    prepared = [crops for _, _, crops, _, _ in pending if len(crops)]
-    probabilities = predictor.classify(np.concatenate(prepared) if prepared else [])
-    start = 0
-    for record, boxes, crops, scale, image in pending:
-        record["faces"] = predictor.records(boxes, probabilities[start: start + len(crops)], scale)
-        start += len(crops)
-        if annotate is not None and image is not None:
-            annotate.write_image(image, record["faces"])
-        yield record
 
 
 # ----------------------------------------------------------------------------------------------------- video

@@ -67,13 +67,16 @@ class FacePreprocessor:
 
     def prepare(self, faces: Sequence[Image.Image], tta: str = "none") -> np.ndarray:
         """The per-face work (Pillow resizing and cropping): uint8 (N, h, w, c). Safe to run in another thread
-        than `finish`, so that it overlaps with the model."""
-        if check_tta(tta) == "tencrop":
-            side = self._ten_crop_side()
-            arrays = [_as_array(_resize(self._mode(face), (side, side), self.filter)) for face in faces]
-            return _stack(arrays) if arrays else np.zeros((0, side, side, self.channels), np.uint8)
-        arrays = [self.geometry(face) for face in faces]
-        return _stack(arrays) if arrays else np.zeros((0, *self.size, self.channels), np.uint8)
+        than `finish`, so that it overlaps with the model. Faces of one size and mode (a detector's crops) are
+        resized together, two Pillow calls for the batch."""
+        check_tta(tta)
+        images = [self._trim(self._mode(face)) for face in faces]
+        if len({(image.size, image.mode) for image in images}) == 1:  # contiguous: normalising strided pixels is slow
+            return np.ascontiguousarray(self._geometry(np.stack([np.asarray(image) for image in images]), tta))
+        if images:
+            return _stack([self._geometry(np.asarray(image)[None], tta)[0] for image in images])
+        side = self._ten_crop_side() if tta == "tencrop" else None
+        return np.zeros((0, *((side, side) if side else self.size), self.channels), np.uint8)
 
     def finish(self, prepared: np.ndarray, tta: str = "none") -> np.ndarray:
         """The batch work on `prepare`'s output: float32 (N, V, C, H, W) model inputs, V views per face."""
@@ -87,23 +90,26 @@ class FacePreprocessor:
 
     # ------------------------------------------------------------------------------------------------ geometry
 
-    def geometry(self, face: Image.Image) -> np.ndarray:
-        """One face resized and cropped as timm's evaluation transform does it: uint8 (H, W, channels)."""
-        image = self._trim(self._mode(face))
-        width, height = image.size
+    def _geometry(self, stack: np.ndarray, tta: str) -> np.ndarray:
+        """(N, h, w[, c]) uint8 faces of one mode -> (N, H, W, c): resized and cropped as timm's evaluation
+        transform does it (for ten-crop, resized to a square: the crops are taken from the normalised batch)."""
+        height, width = stack.shape[1:3]
+        if tta == "tencrop":
+            side = self._ten_crop_side()
+            return _channels_last(_resize_stack(stack, (side, side), self.filter))
         if self.crop_mode == "squash":
-            image = _resize(image, self.scale_size, self.filter)
+            size = self.scale_size
         elif self.crop_mode == "border":
             ratio = max(height / self.scale_size[0], width / self.scale_size[1])
-            image = _resize(image, (round(height / ratio), round(width / ratio)), self.filter)
+            size = (round(height / ratio), round(width / ratio))
         elif self.scale_size[0] == self.scale_size[1]:  # torchvision's Resize(int): the shorter side to the size
             short, long = sorted((width, height))
             new_short, new_long = self.scale_size[0], int(self.scale_size[0] * long / short)
-            image = _resize(image, (new_long, new_short) if width <= height else (new_short, new_long), self.filter)
+            size = (new_long, new_short) if width <= height else (new_short, new_long)
         else:  # timm's ResizeKeepRatio: the shorter side to its target, the ratio kept
             ratio = min(height / self.scale_size[0], width / self.scale_size[1])
-            image = _resize(image, (round(height / ratio), round(width / ratio)), self.filter)
-        return _center_crop_or_pad(_as_array(image), self.size, self.fill)
+            size = (round(height / ratio), round(width / ratio))
+        return _center_crop_or_pad(_channels_last(_resize_stack(stack, size, self.filter)), self.size, self.fill)
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, c) -> float32 (N, C, H, W): ToTensor's division by 255, then Normalize's subtraction of
@@ -142,17 +148,27 @@ class FacePreprocessor:
         return height + 2 * round((height / TENCROP_FRACTION - height) / 2)
 
 
-def _resize(image: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
-    """torchvision's `F.resize` of a PIL image to (height, width): Pillow's resize, skipped when the size is already
-    right."""
-    if image.size == (size[1], size[0]):
-        return image
-    return image.resize((size[1], size[0]), resample)
+def _resize_stack(stack: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+    """torchvision's `F.resize` of each PIL face in an (N, h, w[, c]) stack to (height, width), bit for bit, in two
+    Pillow calls for the whole stack: Pillow resamples the width row by row, then the height column by column
+    (rounding to uint8 in between), each row and column clamped at its own ends; so faces stacked top to bottom
+    take the first pass, and side by side the second, exactly as each would alone. A side already right is left."""
+    count, height, width = stack.shape[:3]
+    rest = stack.shape[3:]
+    if count == 1 and (height, width) != size:  # both passes in one call
+        return np.asarray(Image.fromarray(stack[0]).resize(size[::-1], resample))[None]
+    if width != size[1]:
+        tall = Image.fromarray(np.ascontiguousarray(stack).reshape(count * height, width, *rest))
+        stack = np.asarray(tall.resize((size[1], count * height), resample)).reshape(count, height, size[1], *rest)
+    if height != size[0]:
+        wide = np.ascontiguousarray(stack.swapaxes(0, 1)).reshape(height, count * size[1], *rest)
+        resized = np.asarray(Image.fromarray(wide).resize((count * size[1], size[0]), resample))
+        stack = resized.reshape(size[0], count, size[1], *rest).swapaxes(0, 1)
+    return stack
 
 
-def _as_array(image: Image.Image) -> np.ndarray:
-    array = np.asarray(image)
-    return array[..., None] if array.ndim == 2 else array
+def _channels_last(stack: np.ndarray) -> np.ndarray:
+    return stack[..., None] if stack.ndim == 3 else stack
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -161,20 +177,20 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
     return np.stack([array if array.shape[2] == channels else np.repeat(array, channels, axis=2) for array in arrays])
 
 
-def _center_crop_or_pad(array: np.ndarray, size: tuple[int, int], fill: list[int]) -> np.ndarray:
-    """torchvision's CenterCrop / timm's CenterCropOrPad on an (H, W, c) array: pad to the size where smaller (the
-    odd pixel right and bottom), then crop the centre (rounding as they do)."""
+def _center_crop_or_pad(stack: np.ndarray, size: tuple[int, int], fill: list[int]) -> np.ndarray:
+    """torchvision's CenterCrop / timm's CenterCropOrPad on an (N, H, W, c) stack: pad to the size where smaller
+    (the odd pixel right and bottom), then crop the centre (rounding as they do)."""
     crop_height, crop_width = size
-    height, width = array.shape[:2]
+    count, height, width, channels = stack.shape
     if crop_width > width or crop_height > height:
         left, top = max(0, (crop_width - width) // 2), max(0, (crop_height - height) // 2)
         right, bottom = max(0, (crop_width - width + 1) // 2), max(0, (crop_height - height + 1) // 2)
-        padded = np.empty((height + top + bottom, width + left + right, array.shape[2]), array.dtype)
-        padded[...] = np.asarray(fill if len(fill) == array.shape[2] else fill[:1] * array.shape[2], array.dtype)
-        padded[top: top + height, left: left + width] = array
-        array, (height, width) = padded, padded.shape[:2]
+        padded = np.empty((count, height + top + bottom, width + left + right, channels), stack.dtype)
+        padded[...] = np.asarray(fill if len(fill) == channels else fill[:1] * channels, stack.dtype)
+        padded[:, top: top + height, left: left + width] = stack
+        stack, (height, width) = padded, padded.shape[1:3]
     top, left = int(round((height - crop_height) / 2.0)), int(round((width - crop_width) / 2.0))
-    return array[top: top + crop_height, left: left + crop_width]
+    return stack[:, top: top + crop_height, left: left + crop_width]
 
 
 def _five_crops(batch: np.ndarray, side: int) -> list[np.ndarray]:
