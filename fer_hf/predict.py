@@ -20,8 +20,6 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tqdm.auto import tqdm
-
 from fer_hf import cli
 from fer_hf.inference.annotate import AnnotationTarget
 from fer_hf.inference.classifier import BACKEND_HELP, BACKENDS, TTA_MODES, load_classifier
@@ -109,6 +107,16 @@ def format_record(record: dict) -> str:
     return "\n".join(lines)
 
 
+def write_line(text: str, file) -> None:
+    """`text` printed without breaking a progress bar on the terminal (tqdm's write, once tqdm is in use: it is
+    imported only where a bar shows)."""
+    tqdm_auto = sys.modules.get("tqdm.auto")
+    if tqdm_auto is None:
+        print(text, file=file)
+    else:
+        tqdm_auto.tqdm.write(text, file=file)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = cli.make_parser("fer_hf.predict", __doc__, PredictArguments)
     parser.add_argument("inputs", nargs="*", help="Image files and/or folders of images.")
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             sys.stdout.write(("[\n  " if not written else ",\n  ") + json.dumps(record))
         else:
-            tqdm.write(format_record(record), file=sys.stderr if record["error"] else sys.stdout)
+            write_line(format_record(record), file=sys.stderr if record["error"] else sys.stdout)
         written += 1
 
     for record in folder_errors:

@@ -8,12 +8,12 @@ and the web demo all go through `FacePredictor`.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from fer_hf.inference.annotate import AnnotationTarget, draw_faces, video_writer
 from fer_hf.inference.background import read_ahead
@@ -87,6 +87,24 @@ class FacePredictor:
 # ----------------------------------------------------------------------------------------------------- images
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int | None, **kwargs):
+    """tqdm's bar on standard error where it is a terminal (where tqdm would show one), else a silent stand-in:
+    tqdm's imports cost 50 ms, a tenth of a one-photo run."""
+    if not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, **kwargs)
+
+
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[dict]]:
     """Files to read (folders expanded, non-image files in them skipped) and error records for empty folders."""
     files: list[Path] = []
@@ -152,7 +170,7 @@ def predict_images(
         # The batch's crops prepared together: faces of one size go through Pillow in one call.
         return pending, predictor.classify([crop for _, _, crops, _, _ in pending for crop in crops], whole=True)
 
-    progress = tqdm(total=len(files), unit="image", desc="predict", disable=None if len(files) > 1 else True)
+    progress = progress_bar(len(files), unit="image", desc="predict") if len(files) > 1 else _NoBar()
     try:
         # The model runs in threads of its own, `streams` whole batches at once, while this one writes the records
         # of the last: a batch split across threads waits for its slowest part, which the reader's thread slowed.
@@ -194,7 +212,7 @@ def predict_video(
     faces: list[dict] = []
     index = classified = 0
     start = time.perf_counter()
-    progress = tqdm(total=total, unit="frame", desc=Path(path).name, disable=None)
+    progress = progress_bar(total, unit="frame", desc=Path(path).name)
     try:
         while True:
             ok, bgr = capture.read()
