@@ -200,3 +200,16 @@ def test_what_reads_as_a_hub_id(tmp_path, monkeypatch):
     assert not any(is_hub_id(name) for name in (None, "", "fer-lite0", "a/b/c", "/abs"))
     (tmp_path / "someone" / "fer-lite0").mkdir(parents=True)
     assert not is_hub_id("someone/fer-lite0")  # a local folder of that name wins
+
+
+def test_the_card_names_the_ingredients_a_run_switched_on():
+    from fer_hf.report.model_card import _ingredients
+
+    assert _ingredients({"label_smoothing_factor": 0.0, "class_weighting": "none", "model_ema": False}) == "none"
+    text = _ingredients({"label_smoothing_factor": 0.1, "reprob": 0.25, "model_ema": True, "model_ema_decay": 0.9995,
+                         "distill_from": ["fer_hf/default_model", "outputs/a"], "distill_tta": "tencrop",
+                         "distill_alpha": 0.7, "distill_temperature": 2.0, "class_weighting": "inverse_sqrt"})
+    for fact in ("label smoothing 0.1", "random erasing p=0.25", "EMA of the weights (decay 0.9995",
+                 "distilled from the ensemble `fer_hf/default_model`, `outputs/a` (tencrop views, alpha 0.7",
+                 "class weighting `inverse_sqrt`"):
+        assert fact in text, fact

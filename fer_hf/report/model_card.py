@@ -191,10 +191,33 @@ def _recipe(args: dict, state: dict, size, best_metric_name: str) -> str:
         ("Image size", f"{size} px"),
         ("Augmentation", f"RandomResizedCrop(scale=({_fmt(args.get('crop_scale_min'))}, 1)), horizontal flip "
                          f"p={_fmt(args.get('hflip'))}"),
+        ("Other ingredients", _ingredients(args)),
         ("Best checkpoint", f"step {_fmt(state.get('best_global_step'))} ({best_metric_name} "
                             f"{_fmt(state.get('best_metric'))})"),
         ("Seed", _fmt(args.get("seed"))),
     ]) + "\n\nReproduce with `accelerate launch -m fer_hf.train --config args.yaml` (the file beside this card)."
+
+
+def _ingredients(args: dict) -> str:
+    """The training ingredients a run switched on (each off unless set), as the flags name them."""
+    on = []
+    if args.get("label_smoothing_factor"):
+        on.append(f"label smoothing {_fmt(args['label_smoothing_factor'])}")
+    if args.get("mixup_alpha") or args.get("cutmix_alpha"):
+        on.append(f"mixup alpha {_fmt(args.get('mixup_alpha'))} / cutmix alpha {_fmt(args.get('cutmix_alpha'))}")
+    if args.get("reprob"):
+        on.append(f"random erasing p={_fmt(args['reprob'])}")
+    if args.get("class_weighting") not in (None, "none"):
+        on.append(f"class weighting `{args['class_weighting']}`")
+    if args.get("layer_decay"):
+        on.append(f"layer-wise lr decay {_fmt(args['layer_decay'])}")
+    if args.get("model_ema"):
+        on.append(f"EMA of the weights (decay {_fmt(args.get('model_ema_decay'))}; the EMA weights are the model)")
+    if args.get("distill_from"):
+        on.append(f"distilled from the ensemble {', '.join(f'`{t}`' for t in args['distill_from'])} "
+                  f"({_fmt(args.get('distill_tta'))} views, alpha {_fmt(args.get('distill_alpha'))}, temperature "
+                  f"{_fmt(args.get('distill_temperature'))})")
+    return "; ".join(on) or "none"
 
 
 def _usage(model_id: str, in_chans: int) -> str:
