@@ -181,7 +181,8 @@ def test_views_are_batched_whole_whatever_the_batch_size(faces_and_reference):
 # ----------------------------------------------------------------------------------------------------- reading
 
 
-def test_read_ahead_keeps_order_and_bounds_what_is_in_flight():
+@pytest.mark.parametrize("workers", [1, 3])  # 3: later items often finish first; they still come out in order
+def test_read_ahead_keeps_order_and_bounds_what_is_in_flight(workers):
     started: list[int] = []
     lock = threading.Lock()
 
@@ -192,7 +193,7 @@ def test_read_ahead_keeps_order_and_bounds_what_is_in_flight():
         return i * i
 
     seen = []
-    for i, value in enumerate(read_ahead(work, range(50), depth=4)):
+    for i, value in enumerate(read_ahead(work, range(50), depth=4, workers=workers)):
         with lock:
             assert len(started) <= i + 5  # at most `depth` items beyond the one consumed (+1 submitted)
         seen.append(value)

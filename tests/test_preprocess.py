@@ -92,16 +92,38 @@ def test_empty_batches_and_bad_modes():
 @pytest.mark.parametrize("config", [*CONFIGS, _config(64, 0.9, "center", "nearest"), _config(40, 1.0, "border", "box"),
                                     _config(52, 0.95, "center", "hamming", **IMAGENET)],
                          ids=lambda c: f"{c['input_size'][1]}px-{c['crop_mode']}-{c['interpolation']}")
-def test_a_batch_of_one_size_resized_together_equals_timm_and_each_face_alone(config, faces):
-    """Faces of one size and mode (a detector's crops) go through Pillow as one stack; every face comes out as
-    timm's transform and as the same face prepared alone give it, plain and ten-crop (a wide RGB stack too)."""
+def test_a_batch_of_one_size_resized_together_equals_timm_and_each_face_alone(config, faces, monkeypatch):
+    """Faces of one size and mode (a detector's crops) go through Pillow as one stack (two resize calls at most);
+    every face comes out as timm's transform and as the same face prepared alone give it, plain and ten-crop: real
+    faces, a wide RGB stack, stacks where one side is already right (124 high: squash-112 at crop_pct 0.9 resizes
+    only the width; 124 wide: only the height), and slivers over 100 times taller than wide (which Pillow resamples
+    height first: they go one by one)."""
     preprocess = FacePreprocessor(config)
     rng = np.random.default_rng(1)
-    wide = [Image.fromarray(rng.integers(0, 256, (37, 70, 3), dtype=np.uint8)) for _ in range(5)]
-    for batch in (faces[:40], wide):
+    batches = [faces[:40], [Image.fromarray(rng.integers(0, 256, (37, 70, 3), dtype=np.uint8)) for _ in range(5)],
+               [Image.fromarray(rng.integers(0, 256, (124, 70), dtype=np.uint8)) for _ in range(3)],
+               [Image.fromarray(rng.integers(0, 256, (70, 124), dtype=np.uint8)) for _ in range(3)]]
+    if config["crop_mode"] != "border":  # which would fit the 850 px side and leave the 8 px one no pixel
+        batches.append([Image.fromarray(rng.integers(0, 256, (850, 8), dtype=np.uint8)) for _ in range(4)])
+    resize = Image.Image.resize
+    calls = []
+    monkeypatch.setattr(Image.Image, "resize", lambda *args, **kwargs: calls.append(1) or resize(*args, **kwargs))
+    for batch in batches:
+        calls.clear()
         together = preprocess.prepare(batch)
+        assert len(calls) <= (2 if batch[0].size[1] <= 100 * batch[0].size[0] else 2 * len(batch))
         assert np.array_equal(together, np.concatenate([preprocess.prepare([face]) for face in batch]))
         assert np.array_equal(preprocess.finish(together)[:, 0], _timm_reference(config, batch))
-    if config["input_size"][0] == 3:
-        tencrop = preprocess.prepare(faces[:40], "tencrop")
-        assert np.array_equal(tencrop, np.concatenate([preprocess.prepare([face], "tencrop") for face in faces[:40]]))
+        tencrop = preprocess.prepare(batch, "tencrop")
+        assert np.array_equal(tencrop, np.concatenate([preprocess.prepare([face], "tencrop") for face in batch]))
+
+
+def test_ten_crop_trims_the_border_first_as_the_plain_view_does(faces):
+    """timm's TrimBorder (`crop_border_pixels`) comes before every resize, ten-crop's too."""
+    config = {**_config(64, 1.0, "center"), "crop_border_pixels": 4}
+    side = 64 + 2 * round((64 / TENCROP_FRACTION - 64) / 2)
+    reference = T.Compose([timm.data.transforms.TrimBorder(4),
+                           T.Resize((side, side), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                           T.Normalize(config["mean"], config["std"]), T.TenCrop(64)])
+    expected = np.stack([torch.stack(reference(face.convert("RGB"))).numpy() for face in faces[:10]])
+    assert np.array_equal(FacePreprocessor(config)(faces[:10], "tencrop"), expected)

@@ -213,3 +213,6 @@ def test_the_card_names_the_ingredients_a_run_switched_on():
                  "distilled from the ensemble `fer_hf/default_model`, `outputs/a` (tencrop views, alpha 0.7",
                  "class weighting `inverse_sqrt`"):
         assert fact in text, fact
+    text = _ingredients({"mixup_alpha": 0.2, "cutmix_alpha": 0.0, "layer_decay": 0.75, "distill_from": ["a"],
+                         "distill_alpha": 0.0})
+    assert text == "mixup alpha 0.2 / cutmix alpha 0; layer-wise lr decay 0.75", text  # alpha 0: no distillation

@@ -1,4 +1,5 @@
-"""Work done one step ahead in a background thread, so that reading and preparing images overlaps with the model."""
+"""Work done ahead in background threads, in order: reading images while the model runs, and the model on the next
+batches while the records of the last are written."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def read_ahead(function: Callable[[T], R], items: Iterable[T], depth: int, workers: int = 1) -> Iterator[R]:
+def read_ahead(function: Callable[[T], R], items: Iterable[T], depth: int, workers: int = 1,
+               name: str = "fer_hf-read") -> Iterator[R]:
     """`function(item)` for each item, in order, computed by background threads at most `depth` items ahead of
     the consumer (so memory stays bounded). One thread unless told: OpenCV's cascade is not safe to share between
     threads, and decoding and detection already run their heavy parts outside the GIL."""
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fer_hf-read")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
     queue: deque[Future[R]] = deque()
     try:
         for item in items:

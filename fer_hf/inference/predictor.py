@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +97,9 @@ class _NoBar:
 
 
 def progress_bar(total: int | None, **kwargs):
-    """tqdm's bar on standard error where it is a terminal (where tqdm would show one), else a silent stand-in:
+    """tqdm's bar where tqdm would show one (standard error a terminal, or a notebook), else a silent stand-in:
     tqdm's imports cost 50 ms, a tenth of a one-photo run."""
-    if not sys.stderr.isatty():
+    if not (getattr(sys.stderr, "isatty", lambda: False)() or "ipykernel" in sys.modules):  # tqdm.auto's widget
         return _NoBar()
     from tqdm.auto import tqdm
 
@@ -135,11 +136,14 @@ def predict_images(
 ) -> Iterator[dict]:
     """One record per file, in order: `{"file", "faces": [{"box", "label", "scores"}], "error"}`.
 
-    A background thread reads the files and finds and crops their faces, up to a batch ahead; `streams` others
-    prepare whole batches of crops and run the model on them; this one writes the records. Decoded photos are
-    dropped once cropped, unless they are still to be annotated (then batches are smaller).
+    A background thread reads the files and finds and crops their faces, up to a batch ahead; the classifier's
+    `streams` others prepare whole batches of crops and run the model on them; this one writes the records. Decoded
+    photos are dropped once cropped, unless they are still to be annotated (then batches are smaller, and one at a
+    time goes to the model).
     """
     max_pending = min(batch_size, 4) if annotate else batch_size
+    # Whole batches at once only where there are several batches: a single one is split across the threads.
+    streams = 1 if annotate or len(files) <= max_pending else predictor.classifier.streams
 
     def load(path: Path) -> tuple[dict, list[Box], list, float, LoadedImage | None]:
         # (record, boxes, crops, scale to file pixels, the decoded photo only while it is to be annotated)
@@ -167,23 +171,25 @@ def predict_images(
             yield pending
 
     def classify(pending: list) -> tuple[list, np.ndarray]:
-        # The batch's crops prepared together: faces of one size go through Pillow in one call.
-        return pending, predictor.classify([crop for _, _, crops, _, _ in pending for crop in crops], whole=True)
+        # The batch's crops prepared together: faces of one size go through Pillow as one stack.
+        faces = [crop for _, _, crops, _, _ in pending for crop in crops]
+        return pending, predictor.classify(faces, whole=streams > 1)
 
     progress = progress_bar(len(files), unit="image", desc="predict") if len(files) > 1 else _NoBar()
     try:
         # The model runs in threads of its own, `streams` whole batches at once, while this one writes the records
         # of the last: a batch split across threads waits for its slowest part, which the reader's thread slowed.
-        streams = predictor.classifier.streams
-        for pending, probabilities in read_ahead(classify, batches(), depth=streams, workers=streams):
-            start = 0
-            for record, boxes, crops, scale, image in pending:
-                record["faces"] = predictor.records(boxes, probabilities[start: start + len(crops)], scale)
-                start += len(crops)
-                if annotate is not None and image is not None:
-                    annotate.write_image(image, record["faces"])
-                yield record
-            progress.update(len(pending))
+        with closing(batches()) as loaded:
+            for pending, probabilities in read_ahead(classify, loaded, depth=streams, workers=streams,
+                                                     name="fer_hf-model"):
+                start = 0
+                for record, boxes, crops, scale, image in pending:
+                    record["faces"] = predictor.records(boxes, probabilities[start: start + len(crops)], scale)
+                    start += len(crops)
+                    if annotate is not None and image is not None:
+                        annotate.write_image(image, record["faces"])
+                    yield record
+                progress.update(len(pending))
     finally:
         progress.close()
 

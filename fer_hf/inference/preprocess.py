@@ -2,11 +2,11 @@
 data config (`processor.val_transforms`: resize, centre crop, to [0, 1], normalise), bit for bit, plus the
 test-time-augmentation views.
 
-Each face is resized by Pillow exactly as torchvision's `Resize` does on a PIL image (the same call), cropped and
-padded as torchvision's and timm's crops do, and the whole batch is scaled and normalised in three float32 array
-operations, the same operations in the same order as `ToTensor` and `Normalize`. Not importing torch keeps
-`python -m fer_hf.predict` on ONNX Runtime quick to start; `tests/test_preprocess.py` checks the equality against
-timm's own transform for every crop mode.
+Each face is resized by Pillow exactly as torchvision's `Resize` does on a PIL image (faces of one size together, in
+two calls on a stack of them: the same arithmetic), cropped and padded as torchvision's and timm's crops do, and the
+whole batch is scaled and normalised in three float32 array operations, the same operations in the same order as
+`ToTensor` and `Normalize`. Not importing torch keeps `python -m fer_hf.predict` on ONNX Runtime quick to start;
+`tests/test_preprocess.py` checks the equality against timm's own transform for every crop mode.
 """
 
 from __future__ import annotations
@@ -155,6 +155,8 @@ def _resize_stack(stack: np.ndarray, size: tuple[int, int], resample: int) -> np
     take the first pass, and side by side the second, exactly as each would alone. A side already right is left."""
     count, height, width = stack.shape[:3]
     rest = stack.shape[3:]
+    if count > 1 and height > 100 * width and size[0] < height:  # Pillow resamples such slivers height first
+        return np.stack([_resize_stack(face[None], size, resample)[0] for face in stack])
     if count == 1 and (height, width) != size:  # both passes in one call
         return np.asarray(Image.fromarray(stack[0]).resize(size[::-1], resample))[None]
     if width != size[1]:
