@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fer_hf import predict as fer_predict
 from fer_hf.inference import classifier as classifier_module
@@ -233,3 +234,42 @@ def test_predict_help_and_a_cached_onnx_run_never_import_torch(tmp_path):
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert "HEAVY []" in done.stderr, (args, done.stderr[-2000:])
     assert json.loads(done.stdout)[0]["faces"][0]["label"]
+
+
+def test_predict_runs_whole_batches_at_once_only_where_there_are_several(tmp_path):
+    """Several batches of crops: `streams` whole batches run at once (`whole=True`); a single batch, or photos kept
+    for annotation, go one batch at a time, split across the threads; the records stay in input order."""
+    from fer_hf.inference.annotate import AnnotationTarget
+    from fer_hf.inference.classifier import FerClassifier
+    from fer_hf.inference.predictor import FacePredictor, predict_images
+
+    calls = []
+    lock = threading.Lock()
+
+    def run(whole: bool):
+        def logits(pixels: np.ndarray) -> np.ndarray:
+            with lock:
+                calls.append((whole, len(pixels)))
+            time.sleep(0.002 * (len(calls) % 3))  # batches finish out of order
+            return pixels[:, 0, 0, :7].copy()  # the first row's first 7 pixels: the file's label is the bright one
+        return logits
+
+    config = {"label_names": list(LABEL_NAMES)}
+    data_config = {"input_size": (3, 48, 48), "interpolation": "bilinear", "mean": (0.0,) * 3, "std": (1.0,) * 3,
+                   "crop_pct": 1.0}
+    classifier = FerClassifier(config, data_config, run(False), "fake", streams=2, run_whole=run(True))
+    predictor = FacePredictor(classifier, detect=False)
+    files = []
+    for i in range(40):
+        pixels = np.zeros((48, 48), np.uint8)
+        pixels[0, i % 7] = 255  # the file's label: i % 7
+        files.append(tmp_path / f"{i:02d}.png")
+        Image.fromarray(pixels).save(files[-1])
+    annotated = AnnotationTarget(str(tmp_path / "out"), single_input=False)
+    for chosen, batch_size, annotate, whole in ((files, 8, None, True), (files[:8], 8, None, False),
+                                                (files[:12], 8, annotated, False)):
+        calls.clear()
+        records = list(predict_images(predictor, chosen, batch_size=batch_size, annotate=annotate))
+        assert [r["file"] for r in records] == [str(f) for f in chosen]
+        assert [r["faces"][0]["label"] for r in records] == [LABEL_NAMES[i % 7] for i in range(len(chosen))]
+        assert {w for w, _ in calls} == {whole}
