@@ -214,9 +214,10 @@ def _ingredients(args: dict) -> str:
     if args.get("model_ema"):
         on.append(f"EMA of the weights (decay {_fmt(args.get('model_ema_decay'))}; the EMA weights are the model)")
     if args.get("distill_from") and args.get("distill_alpha", 0.5):
+        # The teachers' paths as they were when it trained (`fer_hf/default_model` was then the model shipped before).
         on.append(f"distilled from the ensemble {', '.join(f'`{t}`' for t in args['distill_from'])} "
-                  f"({_fmt(args.get('distill_tta'))} views, alpha {_fmt(args.get('distill_alpha'))}, temperature "
-                  f"{_fmt(args.get('distill_temperature'))})")
+                  f"(the folders as they were when it trained; {_fmt(args.get('distill_tta'))} views, alpha "
+                  f"{_fmt(args.get('distill_alpha'))}, temperature {_fmt(args.get('distill_temperature'))})")
     return "; ".join(on) or "none"
 
 
