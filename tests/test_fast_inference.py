@@ -201,6 +201,18 @@ def test_read_ahead_keeps_order_and_bounds_what_is_in_flight(workers):
     assert seen == [i * i for i in range(50)]
 
 
+def test_read_ahead_gives_what_was_submitted_before_the_items_failed():
+    def items():
+        yield from range(5)
+        raise OSError("the folder went away")
+
+    seen = []
+    with pytest.raises(OSError, match="went away"):
+        for value in read_ahead(lambda i: i * 10, items(), depth=3, workers=2):
+            seen.append(value)
+    assert seen == [0, 10, 20, 30, 40]
+
+
 def test_read_ahead_raises_the_workers_error_and_stops_early():
     def work(i: int) -> int:
         if i == 3:
@@ -236,12 +248,11 @@ def test_predict_help_and_a_cached_onnx_run_never_import_torch(tmp_path):
     assert json.loads(done.stdout)[0]["faces"][0]["label"]
 
 
-def test_predict_runs_whole_batches_at_once_only_where_there_are_several(tmp_path):
-    """Several batches of crops: `streams` whole batches run at once (`whole=True`); a single batch, or photos kept
-    for annotation, go one batch at a time, split across the threads; the records stay in input order."""
-    from fer_hf.inference.annotate import AnnotationTarget
+def _stub_predictor(tmp_path, count: int):
+    """A FacePredictor over a stub model (streams 2) that reads each crop's label from its pixels, the `whole`
+    flag of every model call, and `count` crop files (file i's label: i % 7)."""
     from fer_hf.inference.classifier import FerClassifier
-    from fer_hf.inference.predictor import FacePredictor, predict_images
+    from fer_hf.inference.predictor import FacePredictor
 
     calls = []
     lock = threading.Lock()
@@ -258,13 +269,22 @@ def test_predict_runs_whole_batches_at_once_only_where_there_are_several(tmp_pat
     data_config = {"input_size": (3, 48, 48), "interpolation": "bilinear", "mean": (0.0,) * 3, "std": (1.0,) * 3,
                    "crop_pct": 1.0}
     classifier = FerClassifier(config, data_config, run(False), "fake", streams=2, run_whole=run(True))
-    predictor = FacePredictor(classifier, detect=False)
     files = []
-    for i in range(40):
+    for i in range(count):
         pixels = np.zeros((48, 48), np.uint8)
-        pixels[0, i % 7] = 255  # the file's label: i % 7
+        pixels[0, i % 7] = 255
         files.append(tmp_path / f"{i:02d}.png")
         Image.fromarray(pixels).save(files[-1])
+    return FacePredictor(classifier, detect=False), calls, files
+
+
+def test_predict_runs_whole_batches_at_once_only_where_there_are_several(tmp_path):
+    """Several batches of crops: `streams` whole batches run at once (`whole=True`); a single batch, or photos kept
+    for annotation, go one batch at a time, split across the threads; the records stay in input order."""
+    from fer_hf.inference.annotate import AnnotationTarget
+    from fer_hf.inference.predictor import predict_images
+
+    predictor, calls, files = _stub_predictor(tmp_path, 40)
     annotated = AnnotationTarget(str(tmp_path / "out"), single_input=False)
     for chosen, batch_size, annotate, whole in ((files, 8, None, True), (files[:8], 8, None, False),
                                                 (files[:12], 8, annotated, False)):
@@ -273,3 +293,24 @@ def test_predict_runs_whole_batches_at_once_only_where_there_are_several(tmp_pat
         assert [r["file"] for r in records] == [str(f) for f in chosen]
         assert [r["faces"][0]["label"] for r in records] == [LABEL_NAMES[i % 7] for i in range(len(chosen))]
         assert {w for w, _ in calls} == {whole}
+
+
+def test_a_failing_reader_still_gives_the_records_of_the_files_before(tmp_path, monkeypatch):
+    """Not a bad file (those are records) but the reader itself failing at file 21 of 40: the 21 files before it
+    come out, in order, then the error."""
+    from fer_hf.inference.predictor import predict_images
+
+    predictor, _, files = _stub_predictor(tmp_path, 40)
+    read = predictor_module.read_plain_gray
+
+    def failing(path, *args):
+        if path == files[21]:
+            raise RuntimeError("the reader broke")
+        return read(path, *args)
+
+    monkeypatch.setattr(predictor_module, "read_plain_gray", failing)
+    records = []
+    with pytest.raises(RuntimeError, match="reader broke"):
+        for record in predict_images(predictor, files, batch_size=8):
+            records.append(record)
+    assert [r["file"] for r in records] == [str(f) for f in files[:21]]

@@ -19,8 +19,17 @@ def read_ahead(function: Callable[[T], R], items: Iterable[T], depth: int, worke
     threads, and decoding and detection already run their heavy parts outside the GIL."""
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
     queue: deque[Future[R]] = deque()
+    iterator = iter(items)
     try:
-        for item in items:
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                break
+            except Exception:  # `items` itself failed: what was submitted before still comes out, then its error
+                while queue:
+                    yield queue.popleft().result()
+                raise
             queue.append(pool.submit(function, item))
             if len(queue) > depth:
                 yield queue.popleft().result()

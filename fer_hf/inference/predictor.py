@@ -161,12 +161,17 @@ def predict_images(
 
     def batches() -> Iterator[list]:
         pending: list[tuple[dict, list[Box], list, float, LoadedImage | None]] = []
-        # Photos kept for annotation are large: read only one ahead of those.
-        for loaded in read_ahead(load, files, depth=1 if annotate else max_pending):
-            pending.append(loaded)
-            if len(pending) >= max_pending or sum(len(p[2]) for p in pending) >= batch_size:
+        try:
+            # Photos kept for annotation are large: read only one ahead of those.
+            for loaded in read_ahead(load, files, depth=1 if annotate else max_pending):
+                pending.append(loaded)
+                if len(pending) >= max_pending or sum(len(p[2]) for p in pending) >= batch_size:
+                    yield pending
+                    pending = []
+        except Exception:  # the reader itself failed: the files read before it still get their records
+            if pending:
                 yield pending
-                pending = []
+            raise
         if pending:
             yield pending
 
