@@ -213,7 +213,7 @@ def _ingredients(args: dict) -> str:
         on.append(f"layer-wise lr decay {_fmt(args['layer_decay'])}")
     if args.get("model_ema"):
         on.append(f"EMA of the weights (decay {_fmt(args.get('model_ema_decay'))}; the EMA weights are the model)")
-    if args.get("distill_from") and args.get("distill_alpha", 0.5):
+    if args.get("distill_from") and args.get("distill_alpha"):  # alpha 0: the teachers were never used
         # The teachers' paths as they were when it trained (`fer_hf/default_model` was then the model shipped before).
         on.append(f"distilled from the ensemble {', '.join(f'`{t}`' for t in args['distill_from'])} "
                   f"(the folders as they were when it trained; {_fmt(args.get('distill_tta'))} views, alpha "
