@@ -314,3 +314,19 @@ def test_a_failing_reader_still_gives_the_records_of_the_files_before(tmp_path, 
         for record in predict_images(predictor, files, batch_size=8):
             records.append(record)
     assert [r["file"] for r in records] == [str(f) for f in files[:21]]
+
+
+def test_batch_rounding_of_scores_equals_pythons_round_to_the_bit():
+    """The records' scores are rounded a batch at once; for float32 probabilities that must be `round(float(p), 4)`
+    exactly, including values a float32 step either side of a rounding boundary (k + 0.5) / 10**4."""
+    from fer_hf.inference.predictor import round_scores
+
+    rng = np.random.default_rng(0)
+    boundaries = (np.arange(10_000, dtype=np.float64) + 0.5) / 10_000
+    near = np.concatenate([np.nextafter(boundaries.astype(np.float32), np.float32(side)) for side in (0, 1)]
+                          + [boundaries.astype(np.float32)])
+    values = np.concatenate([rng.random(50_000, dtype=np.float32), near, np.float32([0, 1, 0.5, 1e-9, 0.99995])])
+    probabilities = values.reshape(-1, 7) if len(values) % 7 == 0 else values[: len(values) // 7 * 7].reshape(-1, 7)
+    assert round_scores(probabilities) == [[round(float(p), 4) for p in row] for row in probabilities]
+    wide = probabilities.astype(np.float64) / 3  # not float32: every value rounded by Python, as before
+    assert round_scores(wide) == [[round(float(p), 4) for p in row] for row in wide]

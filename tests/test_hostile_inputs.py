@@ -373,6 +373,51 @@ def test_folder_with_link_loop_broken_link_and_junk_lists_every_image_once(tmp_p
             read_image(tmp_path / name)
 
 
+
+def test_folder_listing_matches_path_rglob_on_a_random_tree(tmp_path):
+    """The listing (one scandir per folder) against the plain definition on a tree of nested and hidden folders,
+    links to folders, broken links, a FIFO and names of every case and suffix: the same files, in the same order,
+    and the same count of skipped ones."""
+    import os
+    import random
+    from pathlib import Path
+
+    from fer_hf.inference.images import list_images
+    from fer_hf.labels import IMAGE_SUFFIXES
+
+    def reference(folder):
+        images, skipped = [], 0
+        for path in sorted(Path(folder).rglob("*"), key=lambda path: path.parts):
+            if any(part.startswith(".") for part in path.relative_to(folder).parts):
+                continue
+            if path.is_dir() or not (path.is_file() or path.is_symlink()):
+                continue
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(path)
+            else:
+                skipped += 1
+        return images, skipped
+
+    rng = random.Random(0)
+    folders = [tmp_path]
+    for i in range(300):
+        parent, kind = rng.choice(folders), rng.random()
+        name = rng.choice(["a", "B", ".h", "x y", "é", "a.b"]) + str(i) + rng.choice(["", ".png", ".JPG", ".txt", "."])
+        if kind < 0.2:
+            (parent / name).mkdir()
+            folders.append(parent / name)
+        elif kind < 0.25:
+            (parent / name).symlink_to(rng.choice(folders))
+        elif kind < 0.3:
+            (parent / name).symlink_to(parent / "missing")
+        elif kind < 0.32:
+            os.mkfifo(parent / name)
+        else:
+            (parent / name).write_bytes(b"x")
+    images, skipped = list_images(tmp_path)
+    assert (images, skipped) == reference(tmp_path)
+    assert len(images) > 20 and skipped > 20
+
 _PEAK_SCRIPT = """
 import os, sys, threading, time
 import cv2  # imported by predict before any photo is read; its own ~100 MB is not the photo's

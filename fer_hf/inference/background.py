@@ -12,6 +12,18 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`items` in lists of `size` (the last may be shorter)."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def read_ahead(function: Callable[[T], R], items: Iterable[T], depth: int, workers: int = 1,
                name: str = "fer_hf-read") -> Iterator[R]:
     """`function(item)` for each item, in order, computed by background threads at most `depth` items ahead of

@@ -17,14 +17,14 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from fer_hf.inference.background import read_ahead
+from fer_hf.inference.background import chunks, read_ahead
 from fer_hf.inference.onnx_export import ONNX_CONFIG_KEY, ONNX_DATA_CONFIG_KEY, cached_onnx
 from fer_hf.inference.preprocess import TTA_MODES, VIEWS_PER_FACE, FacePreprocessor, check_tta
 from fer_hf.model_files import DEFAULT_MODEL_DIR, label_names, read_model_config
@@ -234,17 +234,6 @@ def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | N
                          f"{threads} thread{'s' if threads > 1 else ''})", streams=threads, run_whole=run_one)
 
 
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def view_logits(
     classifier: FerClassifier, faces: Iterable[Image.Image], tta: str = "none", batch_size: int = 64
 ) -> np.ndarray:
@@ -252,12 +241,12 @@ def view_logits(
     more than one batch, the next batch's faces are prepared in a background thread while the model runs."""
     per_face = VIEWS_PER_FACE[check_tta(tta)]
     faces_per_batch = max(1, batch_size // per_face)
-    chunks = _chunks(faces, faces_per_batch)
+    batches = chunks(faces, faces_per_batch)
     if isinstance(faces, Sequence) and len(faces) <= faces_per_batch:
-        prepared = (classifier.preprocess.prepare(chunk, tta) for chunk in chunks)  # one batch: no thread to start
+        prepared = (classifier.preprocess.prepare(batch, tta) for batch in batches)  # one batch: no thread to start
     else:
-        prepared = read_ahead(lambda chunk: classifier.preprocess.prepare(chunk, tta), chunks, depth=2)
-    out = [prepared_logits(classifier, batch, tta) for batch in prepared]
+        prepared = read_ahead(lambda batch: classifier.preprocess.prepare(batch, tta), batches, depth=2)
+    out = [prepared_logits(classifier, ready, tta) for ready in prepared]
     if not out:
         return np.zeros((0, per_face, len(classifier.label_names)), np.float32)
     return np.concatenate(out)

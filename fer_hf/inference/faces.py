@@ -104,4 +104,6 @@ def crop_face(gray: np.ndarray, box: Box, margin: float = 0.2, size: int = IMAGE
 
 def whole_image_face(gray: np.ndarray, size: int = IMAGE_SIZE) -> Image.Image:
     """The whole image as a `size`x`size` face (`--no_detect`: the input already is a FER-style crop)."""
-    return Image.fromarray(gray).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    face = Image.fromarray(gray)
+    # Pillow's resize to the same size is a copy: skipped for the crops that already are FER's size.
+    return face if face.size == (size, size) else face.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)

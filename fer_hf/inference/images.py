@@ -57,19 +57,38 @@ class LoadedImage:
 
 
 def list_images(folder: str | os.PathLike) -> tuple[list[Path], int]:
-    """Image files under `folder` (recursively, sorted, hidden files skipped) and how many other files were skipped."""
-    images, skipped = [], 0
-    # rglob does not descend into symbolic links to folders, so a link loop cannot recurse forever.
-    for path in sorted(Path(folder).rglob("*"), key=lambda path: path.parts):  # Path's own < is 10x slower
-        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+    """Image files under `folder` (recursively, sorted, hidden files skipped) and how many other files were skipped.
+
+    Links to folders are not followed (so a link loop cannot recurse forever); a link to a file, even a broken one,
+    is listed (read_image then names it). One `scandir` per folder: the file types come with the listing, where
+    checking each path cost a tenth of a second for a folder of a few thousand face crops."""
+    found: list[tuple[tuple[str, ...], str]] = []
+    skipped = 0
+    pending = [(os.fspath(folder), ())]
+    while pending:
+        directory, parts = pending.pop()
+        try:
+            with os.scandir(directory) as entries:
+                listed = list(entries)
+        except OSError:  # an unreadable subfolder is passed over, as Path.rglob does
             continue
-        if path.is_dir() or not (path.is_file() or path.is_symlink()):  # a broken link is listed: read_image names it
-            continue
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            images.append(path)
-        else:
-            skipped += 1
-    return images, skipped
+        for entry in listed:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                pending.append((entry.path, (*parts, entry.name)))
+                continue
+            if entry.is_symlink():
+                if os.path.isdir(entry.path):  # a link to a folder (False for a broken link or a link loop)
+                    continue
+            elif not entry.is_file(follow_symlinks=False):  # a FIFO, socket or device
+                continue
+            if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                found.append(((*parts, entry.name), entry.path))
+            else:
+                skipped += 1
+    found.sort(key=lambda item: item[0])  # by path parts: a folder's files together, whatever the separators
+    return [Path(path) for _, path in found], skipped
 
 
 def read_image(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> LoadedImage:

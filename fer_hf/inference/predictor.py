@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_hf.inference.annotate import AnnotationTarget, draw_faces, video_writer
-from fer_hf.inference.background import read_ahead
+from fer_hf.inference.background import chunks, read_ahead
 from fer_hf.inference.classifier import FerClassifier, prepared_logits, softmax
 from fer_hf.inference.faces import MIN_FACE_SIZE, SCALE_FACTOR, Box, HaarFaceDetector, crop_face, whole_image_face
 from fer_hf.inference.images import (
@@ -32,6 +32,7 @@ from fer_hf.labels import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
+READ_CHUNKS = 4  # a batch's files are read in this many tasks
 NO_FACE = "no face found (if the image already is a cropped face, pass --no_detect)"
 
 
@@ -74,15 +75,25 @@ class FacePredictor:
         return [
             {
                 "box": [int(round(v * scale)) for v in box],  # in the file's (upright) pixels
-                "label": names[int(np.argmax(p))],
-                "scores": {name: round(float(v), 4) for name, v in zip(names, p, strict=True)},
+                "label": names[label],
+                "scores": dict(zip(names, scores, strict=True)),
             }
-            for box, p in zip(boxes, probabilities, strict=True)
+            for box, label, scores in zip(boxes, np.argmax(probabilities, axis=-1).tolist(),
+                                          round_scores(probabilities), strict=True)
         ]
 
     def faces(self, image: LoadedImage) -> list[dict]:
         boxes, crops = self.locate(image.gray)
         return self.records(boxes, self.classify(crops), image.scale)
+
+
+def round_scores(probabilities: np.ndarray, digits: int = 4) -> list[list[float]]:
+    """`round(float(p), digits)` of every probability, a batch at once. For float32 (what both backends give) the
+    result is the same to the bit: p * 10**digits is exact in float64 (24 + 14 bits), so numpy's rint, half to even
+    like Python's round, picks the same integer, and the division gives the float nearest to it / 10**digits."""
+    if probabilities.dtype in (np.float16, np.float32) and digits <= 4:
+        return np.round(probabilities.astype(np.float64), digits).tolist()
+    return [[round(float(p), digits) for p in row] for row in probabilities]
 
 
 # ----------------------------------------------------------------------------------------------------- images
@@ -159,15 +170,32 @@ def predict_images(
             return record, [], [], 1.0, None
         return record, boxes, crops, image.scale, image if annotate else None
 
+    def load_chunk(paths: list[Path]) -> tuple[list, Exception | None]:
+        # Files are read a few at a time: a task per file cost more in hand-offs between threads than reading a
+        # face crop. The reader failing (not a bad file: those are records) ends the chunk; what it read comes out.
+        loaded = []
+        try:
+            for path in paths:
+                loaded.append(load(path))
+        except Exception as err:
+            return loaded, err
+        return loaded, None
+
     def batches() -> Iterator[list]:
         pending: list[tuple[dict, list[Box], list, float, LoadedImage | None]] = []
+        crops = 0
+        # Photos kept for annotation are large: read only one ahead of those.
+        chunk = 1 if annotate else max(1, max_pending // READ_CHUNKS)
         try:
-            # Photos kept for annotation are large: read only one ahead of those.
-            for loaded in read_ahead(load, files, depth=1 if annotate else max_pending):
-                pending.append(loaded)
-                if len(pending) >= max_pending or sum(len(p[2]) for p in pending) >= batch_size:
-                    yield pending
-                    pending = []
+            for loaded, error in read_ahead(load_chunk, chunks(files, chunk), depth=max(1, max_pending // chunk)):
+                for item in loaded:
+                    pending.append(item)
+                    crops += len(item[2])
+                    if len(pending) >= max_pending or crops >= batch_size:
+                        yield pending
+                        pending, crops = [], 0
+                if error is not None:
+                    raise error
         except Exception:  # the reader itself failed: the files read before it still get their records
             if pending:
                 yield pending
