@@ -70,16 +70,18 @@ class FacePredictor:
         prepared = self.classifier.preprocess.prepare(crops, self.tta)
         return softmax(prepared_logits(self.classifier, prepared, self.tta, whole).mean(axis=1))
 
-    def records(self, boxes: list[Box], probabilities: np.ndarray, scale: float) -> list[dict]:
+    def records(self, boxes: list[Box], probabilities: np.ndarray, scale: float | list[float]) -> list[dict]:
+        """A face record per box; `scale` maps the boxes to the file's pixels (one for all, or one per box)."""
         names = self.classifier.label_names
+        scales = [scale] * len(boxes) if isinstance(scale, (int, float)) else scale
         return [
             {
-                "box": [int(round(v * scale)) for v in box],  # in the file's (upright) pixels
+                "box": [int(round(v * box_scale)) for v in box],  # in the file's (upright) pixels
                 "label": names[label],
                 "scores": dict(zip(names, scores, strict=True)),
             }
-            for box, label, scores in zip(boxes, np.argmax(probabilities, axis=-1).tolist(),
-                                          round_scores(probabilities), strict=True)
+            for box, box_scale, label, scores in zip(boxes, scales, np.argmax(probabilities, axis=-1).tolist(),
+                                                     round_scores(probabilities), strict=True)
         ]
 
     def faces(self, image: LoadedImage) -> list[dict]:
@@ -215,10 +217,12 @@ def predict_images(
         with closing(batches()) as loaded:
             for pending, probabilities in read_ahead(classify, loaded, depth=streams, workers=streams,
                                                      name="fer_hf-model"):
+                faces = predictor.records([box for _, boxes, _, _, _ in pending for box in boxes], probabilities,
+                                          [scale for _, boxes, _, scale, _ in pending for _ in boxes])
                 start = 0
-                for record, boxes, crops, scale, image in pending:
-                    record["faces"] = predictor.records(boxes, probabilities[start: start + len(crops)], scale)
-                    start += len(crops)
+                for record, boxes, _, _, image in pending:
+                    record["faces"] = faces[start: start + len(boxes)]
+                    start += len(boxes)
                     if annotate is not None and image is not None:
                         annotate.write_image(image, record["faces"])
                     yield record
