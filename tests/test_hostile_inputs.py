@@ -418,6 +418,32 @@ def test_folder_listing_matches_path_rglob_on_a_random_tree(tmp_path):
     assert (images, skipped) == reference(tmp_path)
     assert len(images) > 20 and skipped > 20
 
+
+def test_an_unreadable_folder_is_named_and_an_unreadable_subfolder_passed_over(tmp_path, monkeypatch):
+    """(Permissions cannot be taken from root, which runs CI: scandir is made to refuse, as it does for others.)"""
+    import os
+
+    from fer_hf.inference.images import list_images
+    from fer_hf.inference.predictor import expand_inputs
+
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "hidden.png").write_bytes(b"x")
+    (tmp_path / "face.png").write_bytes(b"x")
+    scandir, refused = os.scandir, set()
+
+    def refusing(path):
+        if os.path.basename(os.fspath(path)) in refused:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    refused.add("locked")
+    assert list_images(tmp_path) == ([tmp_path / "face.png"], 0)
+    files, errors = expand_inputs([str(tmp_path / "locked")])
+    assert files == [] and len(errors) == 1
+    assert errors[0]["error"] == (f"{tmp_path / 'locked'}: cannot list this folder (Permission denied); check its "
+                                  "permissions.")
+
 _PEAK_SCRIPT = """
 import os, sys, threading, time
 import cv2  # imported by predict before any photo is read; its own ~100 MB is not the photo's

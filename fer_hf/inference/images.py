@@ -57,7 +57,8 @@ class LoadedImage:
 
 
 def list_images(folder: str | os.PathLike) -> tuple[list[Path], int]:
-    """Image files under `folder` (recursively, sorted, hidden files skipped) and how many other files were skipped.
+    """Image files under `folder` (recursively, sorted, hidden files skipped) and how many other files were skipped;
+    OSError where `folder` itself cannot be listed.
 
     Links to folders are not followed (so a link loop cannot recurse forever); a link to a file, even a broken one,
     is listed (read_image then names it). One `scandir` per folder: the file types come with the listing, where
@@ -70,8 +71,10 @@ def list_images(folder: str | os.PathLike) -> tuple[list[Path], int]:
         try:
             with os.scandir(directory) as entries:
                 listed = list(entries)
-        except OSError:  # an unreadable subfolder is passed over, as Path.rglob does
-            continue
+        except OSError:
+            if not parts:  # the folder given itself: the caller says why it cannot be listed
+                raise
+            continue  # an unreadable subfolder is passed over, as Path.rglob does
         for entry in listed:
             if entry.name.startswith("."):
                 continue

@@ -126,7 +126,13 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[dict]]:
     for given in inputs:
         path = Path(given).expanduser()
         if path.is_dir():
-            images, skipped = list_images(path)
+            try:
+                images, skipped = list_images(path)
+            except OSError as err:
+                errors.append({"file": str(path), "faces": [], "error": (
+                    f"{path}: cannot list this folder ({err.strerror or err}); check its permissions."
+                )})
+                continue
             if skipped:
                 logger.info("%s: skipped %d non-image file(s)", path, skipped)
             if not images:
