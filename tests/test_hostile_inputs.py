@@ -444,6 +444,7 @@ def test_an_unreadable_folder_is_named_and_an_unreadable_subfolder_passed_over(t
     assert errors[0]["error"] == (f"{tmp_path / 'locked'}: cannot list this folder (Permission denied); check its "
                                   "permissions.")
 
+
 _PEAK_SCRIPT = """
 import os, sys, threading, time
 import cv2  # imported by predict before any photo is read; its own ~100 MB is not the photo's
