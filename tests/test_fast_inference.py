@@ -295,6 +295,27 @@ def test_predict_runs_whole_batches_at_once_only_where_there_are_several(tmp_pat
         assert {w for w, _ in calls} == {whole}
 
 
+def test_photos_kept_for_annotation_are_read_one_ahead(tmp_path, monkeypatch):
+    """Decoded photos kept for --annotate are large (up to 4096 px a side): when the first record comes out, the
+    reader has read its batch, the next batch (which the model thread takes while the first one runs) and at most
+    one photo more, whatever the thread timing."""
+    from fer_hf.inference.annotate import AnnotationTarget
+    from fer_hf.inference.predictor import predict_images
+
+    predictor, _, files = _stub_predictor(tmp_path, 24)
+    read, count = predictor_module.read_image, []
+
+    def counting(path, *args):
+        count.append(path)
+        return read(path, *args)
+
+    monkeypatch.setattr(predictor_module, "read_image", counting)
+    records = predict_images(predictor, files, batch_size=8, annotate=AnnotationTarget(str(tmp_path / "out"), False))
+    next(records)
+    time.sleep(0.3)  # time for a reader that would run further ahead to do so
+    assert len(count) <= 2 * 4 + 2  # two batches of min(batch_size, 4) photos, plus the one read ahead (and its next)
+    assert len(list(records)) == 23
+
 def test_a_failing_reader_still_gives_the_records_of_the_files_before(tmp_path, monkeypatch):
     """Not a bad file (those are records) but the reader itself failing at file 21 of 40: the 21 files before it
     come out, in order, then the error."""

@@ -73,7 +73,7 @@ class FacePredictor:
     def records(self, boxes: list[Box], probabilities: np.ndarray, scale: float | list[float]) -> list[dict]:
         """A face record per box; `scale` maps the boxes to the file's pixels (one for all, or one per box)."""
         names = self.classifier.label_names
-        scales = [scale] * len(boxes) if isinstance(scale, (int, float)) else scale
+        scales = [scale] * len(boxes) if np.ndim(scale) == 0 else scale
         return [
             {
                 "box": [int(round(v * box_scale)) for v in box],  # in the file's (upright) pixels
@@ -93,7 +93,7 @@ def round_scores(probabilities: np.ndarray, digits: int = 4) -> list[list[float]
     """`round(float(p), digits)` of every probability, a batch at once. For float32 (what both backends give) the
     result is the same to the bit: p * 10**digits is exact in float64 (24 + 14 bits), so numpy's rint, half to even
     like Python's round, picks the same integer, and the division gives the float nearest to it / 10**digits."""
-    if probabilities.dtype in (np.float16, np.float32) and digits <= 4:
+    if probabilities.dtype in (np.float16, np.float32) and 0 <= digits <= 4:
         return np.round(probabilities.astype(np.float64), digits).tolist()
     return [[round(float(p), digits) for p in row] for row in probabilities]
 
@@ -195,7 +195,8 @@ def predict_images(
         # Photos kept for annotation are large: read only one ahead of those.
         chunk = 1 if annotate else max(1, max_pending // READ_CHUNKS)
         try:
-            for loaded, error in read_ahead(load_chunk, chunks(files, chunk), depth=max(1, max_pending // chunk)):
+            depth = 1 if annotate else max(1, max_pending // chunk)
+            for loaded, error in read_ahead(load_chunk, chunks(files, chunk), depth=depth):
                 for item in loaded:
                     pending.append(item)
                     crops += len(item[2])
