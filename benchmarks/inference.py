@@ -10,7 +10,9 @@ Per backend (ONNX Runtime through the `auto` backend's cached export, and PyTorc
 - `predict_folder_faces_per_s`: `python -m fer_hf.predict FOLDER --no_detect --json` on the whole PrivateTest split
   saved as 3,589 PNG crops, as a user runs it (a new process: start-up, reading, preprocessing, the model, JSON),
   median of 3;
-  `predict_folder_ratio` is it over `model_faces_per_s` (target >= 0.8);
+  `predict_folder_ratio` is it over `model_faces_per_s` (target >= 0.8); `predict_folder_phases`: one such run
+  timed inside (`benchmarks/predict_phases.py`: imports, listing, loading, the first model run, the rest), and
+  `predict_folder_without_model` the same with a model that returns at once (the pipeline's own cost);
 - `batch_predict_faces_per_s`: `FerClassifier.predict` on the decoded split's PIL faces, in process (batch
   inference: preprocessing overlapped with the model);
 - `evaluate_faces_per_s`: `fer_hf.inference.classifier.evaluate_model` on the same faces (what
@@ -98,6 +100,15 @@ def measure(classifier: FerClassifier, backend: str, faces: list, labels: list, 
     files = len(list(folder.iterdir()))
     folder_seconds = _run_seconds([*predict, str(folder), "--no_detect", "--json", "--batch_size",
                                    str(args.batch_size)], env, repeats=3)
+    phases = {}
+    for name, extra in (("predict_folder_phases", []), ("predict_folder_without_model", ["--stub_model"])):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, str(Path(__file__).with_name("predict_phases.py")), str(folder),
+                               "--model", args.model, "--backend", backend, "--batch_size", str(args.batch_size),
+                               *extra], env=env, check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        phases[name] = {**json.loads(done.stdout.splitlines()[-1]), "wall_s": round(wall, 3)}
+        phases[name]["interpreter_and_exit_s"] = round(wall - phases[name]["end_s"], 3)
     predictor = FacePredictor(classifier)
     from PIL import Image
 
@@ -112,6 +123,7 @@ def measure(classifier: FerClassifier, backend: str, faces: list, labels: list, 
         "streams": classifier.streams,
         "predict_folder_faces_per_s": round(files / folder_seconds, 1),
         "predict_folder_ratio": round(files / folder_seconds / model_faces_per_s, 3),
+        **phases,
         "batch_predict_faces_per_s": round(batch_faces_per_s, 1),
         "evaluate_faces_per_s": round(evaluate_faces_per_s, 1),
         "single_face_ms": _median_ms(lambda: classifier.predict(faces[:1]), 20),

@@ -1,0 +1,96 @@
+"""Where the time of `python -m fer_hf.predict FOLDER --no_detect --json` goes, timed inside one such run.
+
+    python benchmarks/predict_phases.py FOLDER [--model DIR] [--backend B] [--batch_size N] [--stub_model]
+
+Runs predict's `main` in this process (its JSON goes to /dev/null) and prints one JSON object: seconds from this
+script's start to the entry module imported, the inputs listed, the model loaded, the first model run started and
+ended, and the end; the faces per second after the first run; and the process's CPU seconds. `--stub_model`: the
+model returns zeros at once, so the figures are the pipeline's own cost (reading, preparing, records, JSON). The
+interpreter's own start-up comes before this script runs: `benchmarks/inference.py` adds it from the wall time.
+"""
+
+from __future__ import annotations
+
+import time
+
+START = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from contextlib import redirect_stdout  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--stub_model", action="store_true")
+    args = parser.parse_args(argv)
+    marks: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def mark(name: str) -> None:
+        with lock:
+            marks.setdefault(name, round(time.perf_counter() - START, 4))
+
+    import numpy as np
+
+    import fer_hf.predict as predict
+
+    mark("imported_s")
+    expand_inputs, load_classifier = predict.expand_inputs, predict.load_classifier
+
+    def listed(*given, **kwargs):
+        files = expand_inputs(*given, **kwargs)
+        mark("listed_s")
+        return files
+
+    def loaded(*given, **kwargs):
+        classifier = load_classifier(*given, **kwargs)
+        mark("loaded_s")
+        for name in ("_run", "_run_whole"):
+            run = getattr(classifier, name)
+            if args.stub_model:
+                labels = len(classifier.label_names)
+                run = lambda pixels, labels=labels: np.zeros((len(pixels), labels), np.float32)  # noqa: E731
+
+            def timed(pixels, run=run):
+                mark("first_run_start_s")
+                out = run(pixels)
+                mark("first_run_end_s")
+                return out
+
+            setattr(classifier, name, timed)
+        return classifier
+
+    predict.expand_inputs, predict.load_classifier = listed, loaded
+    command = [args.folder, "--no_detect", "--json", "--batch_size", str(args.batch_size), "--backend", args.backend]
+    if args.model:
+        command += ["--model", args.model]
+    with open(os.devnull, "w") as devnull, redirect_stdout(devnull):
+        status = predict.main(command)
+    mark("end_s")
+    files = sum(1 for _ in os.scandir(args.folder))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    after = marks["end_s"] - marks["first_run_end_s"]
+    result = {
+        "stub_model": args.stub_model,
+        "files": files,
+        "exit_status": status,
+        **marks,
+        # The first batch is done when the first run ends; the rest of the folder after it.
+        "after_first_run_faces_per_s": round((files - args.batch_size) / after, 1) if after > 0 else None,
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
