@@ -69,12 +69,15 @@ def main(argv: list[str] | None = None) -> dict:
             setattr(classifier, name, timed)
         return classifier
 
-    predict.expand_inputs, predict.load_classifier = listed, loaded
     command = [args.folder, "--no_detect", "--json", "--batch_size", str(args.batch_size), "--backend", args.backend]
     if args.model:
         command += ["--model", args.model]
-    with open(os.devnull, "w") as devnull, redirect_stdout(devnull):
-        status = predict.main(command)
+    predict.expand_inputs, predict.load_classifier = listed, loaded
+    try:
+        with open(os.devnull, "w") as devnull, redirect_stdout(devnull):
+            status = predict.main(command)
+    finally:
+        predict.expand_inputs, predict.load_classifier = expand_inputs, load_classifier
     mark("end_s")
     files = sum(1 for _ in os.scandir(args.folder))
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -61,3 +61,25 @@ def test_sync_counter_counts_each_step_of_its_window_once(monkeypatch, throughpu
     assert modes == ["warn", "default"]
     assert found["steps"] == 5 and found["per_step"] == 1.0
     assert list(found["sources"].values()) == [5] and "test_benchmarks.py" in next(iter(found["sources"]))
+
+
+def test_predict_phases_times_a_folder_run_in_order(tmp_path, monkeypatch, capsys):
+    """benchmarks/predict_phases.py on 40 crops, with the shipped model and with the stub: the phases come in order,
+    every file is counted, and predict itself is left as it was."""
+    import numpy as np
+    from PIL import Image
+
+    import fer_hf.predict
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    phases = importlib.import_module("predict_phases")
+    for i in range(40):
+        Image.fromarray(np.full((48, 48), 6 * i, np.uint8)).save(tmp_path / f"{i:02d}.png")
+    original = fer_hf.predict.load_classifier
+    for extra in ([], ["--stub_model"]):
+        result = phases.main([str(tmp_path), "--batch_size", "8", *extra])
+        order = ["imported_s", "listed_s", "loaded_s", "first_run_start_s", "first_run_end_s", "end_s"]
+        assert [result[key] for key in order] == sorted(result[key] for key in order), result
+        assert result["files"] == 40 and result["exit_status"] == 0 and result["cpu_s"] > 0
+        assert json.loads(capsys.readouterr().out.splitlines()[-1]) == result
+    assert fer_hf.predict.load_classifier is original
