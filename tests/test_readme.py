@@ -117,6 +117,15 @@ def _run(command: str, folder: Path, monkeypatch, capsys, caplog) -> tuple[int, 
     # the next command would log into a closed stream.
     monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
     capsys.readouterr()
+    # Libraries' own handlers (transformers, datasets, huggingface_hub, torch) keep the sys.stderr of the moment they
+    # were made (transformers its flush method too): made during an earlier command, that is an earlier test's
+    # captured stream, closed since, and their next warning fails with a traceback. Aim those at this test's.
+    for logger in [logging.root, *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", []):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                monkeypatch.setattr(handler, "stream", sys.stderr)
+            if getattr(getattr(handler.__dict__.get("flush"), "__self__", None), "closed", False):
+                monkeypatch.setattr(handler, "flush", sys.stderr.flush)
     status = 0
     with caplog.at_level(logging.INFO):
         try:
