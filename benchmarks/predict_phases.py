@@ -46,10 +46,13 @@ def main(argv: list[str] | None = None) -> dict:
     mark("imported_s")
     expand_inputs, load_classifier = predict.expand_inputs, predict.load_classifier
 
+    counted: list[int] = []
+
     def listed(*given, **kwargs):
-        files = expand_inputs(*given, **kwargs)
+        files, errors = expand_inputs(*given, **kwargs)
         mark("listed_s")
-        return files
+        counted.append(len(files))
+        return files, errors
 
     def loaded(*given, **kwargs):
         classifier = load_classifier(*given, **kwargs)
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         predict.expand_inputs, predict.load_classifier = expand_inputs, load_classifier
     mark("end_s")
-    files = sum(1 for _ in os.scandir(args.folder))
+    files = counted[0]  # the image files predict listed
     usage = resource.getrusage(resource.RUSAGE_SELF)
     after = marks["end_s"] - marks["first_run_end_s"]
     result = {

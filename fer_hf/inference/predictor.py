@@ -129,16 +129,14 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[dict]]:
             try:
                 images, skipped = list_images(path)
             except OSError as err:
-                errors.append({"file": str(path), "faces": [], "error": (
-                    f"{path}: cannot list this folder ({err.strerror or err}); check its permissions."
-                )})
-                continue
+                images, skipped = [], 0
+                error = f"{path}: cannot list this folder ({err.strerror or err}); check its permissions."
+            else:
+                error = f"{path}: no image files in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})."
             if skipped:
                 logger.info("%s: skipped %d non-image file(s)", path, skipped)
             if not images:
-                errors.append({"file": str(path), "faces": [], "error": (
-                    f"{path}: no image files in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})."
-                )})
+                errors.append({"file": str(path), "faces": [], "error": error})
             files.extend(images)
         else:
             files.append(path)  # missing or unreadable files are reported when read, in order
@@ -194,8 +192,8 @@ def predict_images(
         crops = 0
         # Photos kept for annotation are large: read only one ahead of those.
         chunk = 1 if annotate else max(1, max_pending // READ_CHUNKS)
+        depth = 1 if annotate else max(1, max_pending // chunk)
         try:
-            depth = 1 if annotate else max(1, max_pending // chunk)
             for loaded, error in read_ahead(load_chunk, chunks(files, chunk), depth=depth):
                 for item in loaded:
                     pending.append(item)
