@@ -290,6 +290,11 @@ def test_the_fast_crop_reader_leaves_every_file_with_more_than_pixels_to_read_im
     (tmp_path / "huge.png").write_bytes(bytes(data))
     assert read_plain_gray(tmp_path / "huge.png") is None
     assert read_plain_gray(tmp_path / "plain.png", max_megapixels=0.001) is None
+    # Over the byte limit (judged by the file's size before reading), a folder: left to read_image as well.
+    size = (tmp_path / "plain.png").stat().st_size
+    assert read_plain_gray(tmp_path / "plain.png", max_bytes=size) is not None
+    assert read_plain_gray(tmp_path / "plain.png", max_bytes=size - 1) is None
+    assert read_plain_gray(tmp_path) is None
 
 
 # What ImageOps.exif_transpose does for each EXIF orientation; the file stores the inverse of it.
