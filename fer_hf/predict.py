@@ -153,15 +153,19 @@ def main(argv: list[str] | None = None) -> int:
         write_line("[" if last is None else last + ",", file=sys.stdout)
         last = "  " + json.dumps(record)
 
-    for record in folder_errors:
-        emit(record)
-    for record in predict_images(predictor, files, batch_size=args.batch_size, max_megapixels=args.max_megapixels,
-                                 annotate=annotate):
-        emit(record)
-    if args.video is not None:
-        emit(predict_video(predictor, args.video, frame_step=args.frame_step, annotate=annotate))
-    if args.json:
-        print("[]" if last is None else f"{last}\n]")
+    try:
+        for record in folder_errors:
+            emit(record)
+        for record in predict_images(predictor, files, batch_size=args.batch_size,
+                                     max_megapixels=args.max_megapixels, annotate=annotate):
+            emit(record)
+        if args.video is not None:
+            emit(predict_video(predictor, args.video, frame_step=args.frame_step, annotate=annotate))
+    finally:
+        # Closed even when the run breaks off (not a bad file: those are records, but a failing model, memory, Ctrl-C):
+        # the records so far stay readable JSON; the traceback and the exit status say the run did not finish.
+        if args.json:
+            print("[]" if last is None else f"{last}\n]")
     return 1 if failed else 0
 
 

@@ -337,6 +337,26 @@ def test_a_failing_reader_still_gives_the_records_of_the_files_before(tmp_path, 
     assert [r["file"] for r in records] == [str(f) for f in files[:21]]
 
 
+def test_json_of_a_run_that_breaks_off_is_closed_with_the_records_before(tmp_path, monkeypatch, capsys):
+    """predict --json when the run itself fails at file 21 of 40: stdout is still one JSON list, of the 21 records
+    before, and the error goes on (traceback, non-zero exit)."""
+    predictor, _, files = _stub_predictor(tmp_path, 40)
+    read = predictor_module.read_plain_gray
+
+    def failing(path, *args):
+        if path == files[21]:
+            raise RuntimeError("the reader broke")
+        return read(path, *args)
+
+    monkeypatch.setattr(predictor_module, "read_plain_gray", failing)
+    monkeypatch.setattr(fer_predict, "load_classifier", lambda *args, **kwargs: predictor.classifier)
+    with pytest.raises(RuntimeError, match="reader broke"):
+        fer_predict.main([str(tmp_path), "--no_detect", "--json", "--batch_size", "8"])
+    records = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in records] == [str(f) for f in files[:21]]
+    assert [r["faces"][0]["label"] for r in records] == [LABEL_NAMES[i % 7] for i in range(21)]
+
+
 def test_batch_rounding_of_scores_equals_pythons_round_to_the_bit():
     """The records' scores are rounded a batch at once; for float32 probabilities that must be `round(float(p), 4)`
     exactly, including values a float32 step either side of a rounding boundary (k + 0.5) / 10**4."""
