@@ -316,20 +316,26 @@ def test_photos_kept_for_annotation_are_read_one_ahead(tmp_path, monkeypatch):
     assert len(count) <= 2 * 4 + 2  # two batches of min(batch_size, 4) photos, plus the one read ahead (and its next)
     assert len(list(records)) == 23
 
+def _reader_failing_at(index: int, tmp_path, monkeypatch):
+    """The stub predictor over 40 crop files, and those files; the crop reader raises at file `index`."""
+    predictor, _, files = _stub_predictor(tmp_path, 40)
+    read = predictor_module.read_plain_gray
+
+    def failing(path, *args):
+        if path == files[index]:
+            raise RuntimeError("the reader broke")
+        return read(path, *args)
+
+    monkeypatch.setattr(predictor_module, "read_plain_gray", failing)
+    return predictor, files
+
+
 def test_a_failing_reader_still_gives_the_records_of_the_files_before(tmp_path, monkeypatch):
     """Not a bad file (those are records) but the reader itself failing at file 21 of 40: the 21 files before it
     come out, in order, then the error."""
     from fer_hf.inference.predictor import predict_images
 
-    predictor, _, files = _stub_predictor(tmp_path, 40)
-    read = predictor_module.read_plain_gray
-
-    def failing(path, *args):
-        if path == files[21]:
-            raise RuntimeError("the reader broke")
-        return read(path, *args)
-
-    monkeypatch.setattr(predictor_module, "read_plain_gray", failing)
+    predictor, files = _reader_failing_at(21, tmp_path, monkeypatch)
     records = []
     with pytest.raises(RuntimeError, match="reader broke"):
         for record in predict_images(predictor, files, batch_size=8):
@@ -340,15 +346,7 @@ def test_a_failing_reader_still_gives_the_records_of_the_files_before(tmp_path, 
 def test_json_of_a_run_that_breaks_off_is_closed_with_the_records_before(tmp_path, monkeypatch, capsys):
     """predict --json when the run itself fails at file 21 of 40: stdout is still one JSON list, of the 21 records
     before, and the error goes on (traceback, non-zero exit)."""
-    predictor, _, files = _stub_predictor(tmp_path, 40)
-    read = predictor_module.read_plain_gray
-
-    def failing(path, *args):
-        if path == files[21]:
-            raise RuntimeError("the reader broke")
-        return read(path, *args)
-
-    monkeypatch.setattr(predictor_module, "read_plain_gray", failing)
+    predictor, files = _reader_failing_at(21, tmp_path, monkeypatch)
     monkeypatch.setattr(fer_predict, "load_classifier", lambda *args, **kwargs: predictor.classifier)
     with pytest.raises(RuntimeError, match="reader broke"):
         fer_predict.main([str(tmp_path), "--no_detect", "--json", "--batch_size", "8"])
