@@ -316,6 +316,7 @@ def test_photos_kept_for_annotation_are_read_one_ahead(tmp_path, monkeypatch):
     assert len(count) <= 2 * 4 + 2  # two batches of min(batch_size, 4) photos, plus the one read ahead (and its next)
     assert len(list(records)) == 23
 
+
 def _reader_failing_at(index: int, tmp_path, monkeypatch):
     """The stub predictor over 40 crop files, and those files; the crop reader raises at file `index`."""
     predictor, _, files = _stub_predictor(tmp_path, 40)
