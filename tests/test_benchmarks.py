@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import warnings
@@ -83,3 +84,80 @@ def test_predict_phases_times_a_folder_run_in_order(tmp_path, monkeypatch, capsy
         assert result["files"] == 40 and result["exit_status"] == 0 and result["cpu_s"] > 0
         assert json.loads(capsys.readouterr().out.splitlines()[-1]) == result
     assert fer_hf.predict.load_classifier is original
+
+
+@pytest.fixture
+def ablation(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    return importlib.import_module("ablation")
+
+
+def test_each_ablation_row_changes_only_what_its_flags_name(ablation):
+    from fer_hf.config import parse_args
+
+    def parsed(flags):
+        groups = parse_args(["--config", str(ablation.CONFIG), *flags])
+        return {field.name: getattr(value := getattr(group, field.name), "value", value)
+                for group in groups for field in dataclasses.fields(group)}
+
+    base = parsed(ablation.ROWS[ablation.BASE])
+    assert base["model_ema"] and base["label_smoothing_factor"] == 0.1 and base["pretrained"]
+    assert base["image_size"] == 48 and base["num_train_epochs"] == 8 and base["eval_split"] == "validation"
+    for row, flags in ablation.ROWS.items():
+        if row == ablation.BASE:
+            continue
+        named = {flag.removeprefix("--") for flag in flags if flag.startswith("--")}
+        changed = {key for key, value in parsed(flags).items() if value != base[key]}
+        assert changed and changed <= named, (row, changed, named)  # one ingredient, nothing else moved
+
+
+def test_ablation_runner_skips_finished_rows_resumes_stopped_ones_and_stops_on_a_failure(ablation, tmp_path,
+                                                                                          monkeypatch, capsys):
+    (tmp_path / f"{ablation.PREFIX}base").mkdir()
+    (tmp_path / f"{ablation.PREFIX}base" / "all_results.json").write_text("{}")
+    (tmp_path / f"{ablation.PREFIX}mixup" / "checkpoint-449").mkdir(parents=True)
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        return type("Done", (), {"returncode": 3 if "--seed" in command else 0})()
+
+    monkeypatch.setattr(ablation.subprocess, "run", fake_run)
+    rows = ["base", "mixup", "no_ema", "seed43", "scratch"]
+    assert ablation.main([*rows, "--output_root", str(tmp_path), "--dataset", "fer.csv"]) == 3
+    assert len(commands) == 3  # base was done; scratch never started after seed43 failed
+    mixup, no_ema, seed43 = commands
+    assert mixup[-2:] == ["--resume_from_checkpoint", "last"] and "--mixup_alpha" in mixup
+    assert "--resume_from_checkpoint" not in no_ema and no_ema[no_ema.index("--model_ema") + 1] == "false"
+    assert seed43[seed43.index("--output_dir") + 1] == str(tmp_path / f"{ablation.PREFIX}seed43")
+    assert "base: done" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        ablation.main(["no_such_row"])
+
+
+def test_ablation_table_gives_each_row_its_one_change_and_its_difference_to_the_base_row(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    table = importlib.import_module("accuracy_table")
+
+    def run(name, accuracies, **args):
+        folder = tmp_path / name
+        folder.mkdir()
+        valid, test = accuracies
+        (folder / "args.yaml").write_text(json.dumps({"seed": 42, "model_ema": True, "num_train_epochs": 8,
+                                                      "output_dir": f"outputs/{name}", **args}))
+        (folder / "all_results.json").write_text(json.dumps({"eval_accuracy": valid, "test_accuracy": test,
+                                                             "test_f1": 0.6, "test_paper_f1": 0.61,
+                                                             "train_runtime": 1500}))
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": 800, "epoch": 8.0,
+                                                               "best_global_step": 600}))
+
+    run("base", (0.6500, 0.6600))
+    run("no_ema", (0.6425, 0.6612), model_ema=False)
+    run("seed43", (0.6510, 0.6580), seed=43)
+    (tmp_path / "stopped").mkdir()  # a row still training: no all_results.json, no line
+    lines = table.ablation_table(tmp_path).splitlines()
+    assert len(lines) == 2 + 3 and lines[2].startswith("| `base` | — (the base recipe) | 65.00 | +0.00 |")
+    no_ema = lines[3].split(" | ")
+    assert no_ema[1:6] == ["`model_ema` True → False", "64.25", "-0.75", "**66.12**", "+0.12"]
+    assert no_ema[8:] == ["6 of 8", "25 min |"]
+    assert "`seed` 42 → 43" in lines[4] and "output_dir" not in lines[4]
