@@ -43,14 +43,38 @@ def hf_argument_parser() -> type:
     return HfArgumentParser
 
 
+# The words HfArgumentParser's string_to_bool reads as a bool.
+BOOL_WORDS = frozenset({"yes", "true", "t", "y", "1", "no", "false", "f", "n", "0"})
+
+
 def make_parser(prog: str, doc: str | None, *dataclass_types: type):
     """An HfArgumentParser named `python -m PROG`, described by the first paragraph of the module docstring."""
-    return hf_argument_parser()(dataclass_types, prog=f"python -m {prog}", description=(doc or "").split("\n\n")[0])
+    parser = hf_argument_parser()(dataclass_types, prog=f"python -m {prog}", description=(doc or "").split("\n\n")[0])
+    for action in _bool_options(parser):
+        action.metavar = "true|false"  # the help showed `--json [JSON]`, which reads as taking a file name
+    return parser
+
+
+def _bool_options(parser) -> list:
+    # HfArgumentParser's bool fields: `--flag` alone is true, `--flag false` false (nargs "?", const True).
+    return [action for action in parser._actions if action.option_strings and action.nargs == "?"
+            and action.const is True]
+
+
+def _flags_before_inputs(parser, argv: list[str]) -> list[str]:
+    """`--json photo.jpg` as `--json=true photo.jpg` for a parser that takes inputs: a bool flag takes an optional
+    value, so argparse would read the first input as that value and fail on it."""
+    flags = {option for action in _bool_options(parser) for option in action.option_strings}
+    return [f"{token}=true" if token in flags and i + 1 < len(argv) and not argv[i + 1].startswith("-")
+            and argv[i + 1].lower() not in BOOL_WORDS else token for i, token in enumerate(argv)]
 
 
 def parse(parser, argv: list[str] | None) -> tuple[Any, ...]:
     """Parse argv into the parser's dataclasses (plus a namespace for extra positional arguments, if any); a value
     rejected by a dataclass's `__post_init__` becomes a usage error (exit status 2), not a traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(not action.option_strings for action in parser._actions):  # positional inputs: see _flags_before_inputs
+        argv = _flags_before_inputs(parser, argv)
     try:
         return tuple(parser.parse_args_into_dataclasses(args=argv))
     except ValueError as err:

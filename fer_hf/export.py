@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> float:
     parser = cli.make_parser("fer_hf.export", __doc__, ExportArguments)
     parser.add_argument("model_dir", help="A saved model folder (training output_dir or a checkpoint-*).")
     args, extra = cli.parse(parser, argv)
+    if Path(args.onnx).is_dir():  # checked before the export's seconds, not when its file is renamed into place
+        parser.error(f"--onnx {args.onnx}: is a folder; name the file to write, e.g. {Path(args.onnx) / 'model.onnx'}")
     cli.setup_logging(fer_hf_level=logging.WARNING)
     from fer_hf.data.load import load_fer2013
 

@@ -29,6 +29,8 @@ from fer_hf.inference.predictor import NO_FACE, FacePredictor, expand_inputs, pr
 
 logger = logging.getLogger(__name__)
 
+MAX_MARGIN = 1.0
+
 
 @dataclass
 class PredictArguments:
@@ -82,6 +84,17 @@ class PredictArguments:
             raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}.")
         if self.frame_step < 1 or self.batch_size < 1 or (self.threads is not None and self.threads < 1):
             raise ValueError("--frame_step, --batch_size and --threads must be at least 1.")
+        if not 0 <= self.margin <= MAX_MARGIN:
+            # Below 0 the crop cuts into the face (and at -0.5 it is empty); far above 1 it is mostly background.
+            raise ValueError(f"--margin must be between 0 and {MAX_MARGIN} (a share of the face's size), "
+                             f"got {self.margin}.")
+        if not self.scale_factor > 1:
+            raise ValueError(f"--scale_factor must be above 1 (each detector scale that much larger than the last), "
+                             f"got {self.scale_factor}.")
+        if self.min_neighbors < 0 or self.min_face_size < 1:
+            raise ValueError("--min_neighbors must be at least 0 and --min_face_size at least 1.")
+        if not self.max_megapixels > 0:
+            raise ValueError(f"--max_megapixels must be above 0, got {self.max_megapixels}.")
 
 
 # ----------------------------------------------------------------------------------------------------- entry point
@@ -148,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal failed, last
         failed |= bool(record["error"])
         if not args.json:
+            if record["error"] and record.get("faces"):  # found, but their annotated image could not be written
+                write_line(format_record({**record, "error": None}), file=sys.stdout)
             write_line(format_record(record), file=sys.stderr if record["error"] else sys.stdout)
             return
         write_line("[" if last is None else last + ",", file=sys.stdout)

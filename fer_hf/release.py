@@ -36,6 +36,7 @@ from fer_hf.run_dir import (
     TRAINER_STATE,
     read_args,
     replace_folder,
+    share_like_other_files,
 )
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def release(run_dir: str | Path, dataset: str, output_dir: str | Path = DEFAULT_
     shutil.rmtree(partial, ignore_errors=True)
     model = load_saved_model(run_dir, dtype=torch.float32)
     model.half().save_pretrained(partial)
+    share_like_other_files(partial)
     # Stored in fp16, computed in fp32: AutoModel, pipeline() and fer_hf load it as float32 (fp16 is slow on CPUs).
     config = json.loads((partial / CONFIG_FILE).read_text())
     config["dtype"] = "float32"

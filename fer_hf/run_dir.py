@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from fer_hf.hashing import file_sha256
+
 logger = logging.getLogger(__name__)
 
 # What a finished run folder holds (written by fer_hf.train through the Trainer).
@@ -64,6 +66,16 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def share_like_other_files(folder: str | os.PathLike, pattern: str = "*.safetensors") -> None:
+    """Give the files of `folder` matching `pattern` the mode every other written file gets (0666 less the umask):
+    safetensors writes its files owner-only (0600), so a model saved for a team, or shipped, could not be read by
+    anyone else."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(folder).glob(pattern):
+        path.chmod(0o666 & ~umask)
 
 
 def replace_folder(partial: str | os.PathLike, target: str | os.PathLike) -> Path:
@@ -132,10 +144,7 @@ def run_info(command: list[str], dataset: str) -> dict[str, Any]:
     source = Path(dataset).expanduser()
     digest = hashlib.sha256()
     if source.is_file():
-        with open(source, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        data = {"source": dataset, "sha256": digest.hexdigest(), "bytes": source.stat().st_size}
+        data = {"source": dataset, "sha256": file_sha256(source), "bytes": source.stat().st_size}
     elif source.is_dir():
         for path in sorted(p for p in source.rglob("*") if p.is_file()):
             digest.update(f"{path.relative_to(source).as_posix()}\t{path.stat().st_size}\n".encode())

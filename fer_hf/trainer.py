@@ -31,7 +31,7 @@ from fer_hf.ingredients import classification_loss, distillation_loss, layer_dec
 from fer_hf.metrics import classification_report
 from fer_hf.report.figures import save_split_report
 from fer_hf.report.model_card import write_model_card
-from fer_hf.run_dir import TRAINING_WEIGHTS_FILE
+from fer_hf.run_dir import TRAINING_WEIGHTS_FILE, share_like_other_files
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ class FerTrainer(Trainer):
             folder.mkdir(parents=True, exist_ok=True)
             raw = {key: value.detach().cpu().contiguous() for key, value in self.model.state_dict().items()}
             safetensors.torch.save_file(raw, folder / TRAINING_WEIGHTS_FILE, metadata={"format": "pt"})
+            share_like_other_files(folder, TRAINING_WEIGHTS_FILE)
         with self._ema_weights():
             super()._save_checkpoint(model, trial)
 
@@ -169,6 +170,7 @@ class FerTrainer(Trainer):
         staging = output_dir / f".saving-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         super()._save(os.fspath(staging), state_dict)
+        share_like_other_files(staging)
         for item in sorted(staging.iterdir()):
             os.replace(item, output_dir / item.name)
         staging.rmdir()

@@ -23,7 +23,7 @@ from pathlib import Path
 import timm
 import torch
 
-from fer_hf.run_dir import replace_folder
+from fer_hf.run_dir import replace_folder, share_like_other_files
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ def materialise(key: str, output_dir: str | os.PathLike) -> Path:
     partial = output_dir.with_name(output_dir.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     timm.models.save_for_hf(model.eval(), str(partial), safe_serialization=True)
+    share_like_other_files(partial)
     # timm also writes num_classes into model_args, which transformers' TimmWrapper passes a second time; the top-level
     # num_classes already says it, so the folder loads with AutoModelForImageClassification and pipeline() as well.
     config_path = partial / "config.json"

@@ -14,7 +14,10 @@ require_module("onnxscript", "the onnx extra: pip install -e .[onnx]")
 
 from fer_hf import export  # noqa: E402
 from fer_hf import predict as fer_predict  # noqa: E402
+from fer_hf.hashing import weights_sha256  # noqa: E402
 from fer_hf.inference.classifier import ONNX_CONFIG_KEY, load_classifier, view_logits  # noqa: E402
+from fer_hf.inference.onnx_export import ONNX_WEIGHTS_KEY  # noqa: E402
+from fer_hf.model_files import DEFAULT_MODEL_DIR  # noqa: E402
 
 
 @pytest.fixture
@@ -39,7 +42,8 @@ def test_export_onnx_parity_on_real_faces_and_predict_with_it(trained_run, fer20
     model = onnx.load(str(path))
     batch_axis = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_axis.dim_param and not batch_axis.dim_value  # symbolic: any batch size
-    assert ONNX_CONFIG_KEY in {entry.key for entry in model.metadata_props}
+    metadata = {entry.key: entry.value for entry in model.metadata_props}
+    assert ONNX_CONFIG_KEY in metadata and metadata[ONNX_WEIGHTS_KEY] == weights_sha256(trained_run)
 
     # Independently of the CLI's own check: other real faces, batch sizes 7 and 1.
     faces = [fer2013["validation"][i]["image"] for i in range(7)]
@@ -60,3 +64,18 @@ def test_export_onnx_parity_on_real_faces_and_predict_with_it(trained_run, fer20
         assert by_onnx["faces"][0]["label"] == by_torch["faces"][0]["label"]
         for label, score in by_onnx["faces"][0]["scores"].items():
             assert score == pytest.approx(by_torch["faces"][0]["scores"][label], abs=2e-4)
+
+    # The folder it came from may name it; another model's folder may not (its reports would name the wrong model).
+    assert fer_predict.main([str(tmp_path / "face0.png"), "--no_detect", "--onnx", str(path), "--model",
+                             str(trained_run)]) == 0
+    capsys.readouterr()
+    assert fer_predict.main([str(tmp_path / "face0.png"), "--no_detect", "--onnx", str(path), "--model",
+                             str(DEFAULT_MODEL_DIR)]) == 2
+    assert f"{path} was not exported from {DEFAULT_MODEL_DIR} (its weights differ)" in capsys.readouterr().err
+
+
+def test_export_to_a_folder_is_refused_before_exporting(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        export.main([str(DEFAULT_MODEL_DIR), "--onnx", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert f"--onnx {tmp_path}: is a folder; name the file to write" in capsys.readouterr().err

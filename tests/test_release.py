@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -18,6 +20,10 @@ def test_release_writes_fp16_weights_measured_as_shipped(trained_run, tmp_path):
     # The test run is a ResNet-18 (11.7M parameters: 23 MB in fp16); the shipped Lite0 fits the default 10 MB.
     results = release_main([str(trained_run), "--dataset", "synthetic", "--output_dir", str(out),
                             "--max_megabytes", "30"])
+    # safetensors writes owner-only files; a shipped or shared model must be readable by everyone its umask allows.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o666 & ~umask
     with safe_open(str(out / "model.safetensors"), "pt") as weights:
         dtypes = {weights.get_tensor(k).dtype for k in weights.keys()}
     assert dtypes == {torch.float16, torch.int64}  # int64: BatchNorm's num_batches_tracked counters

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -40,6 +41,10 @@ def test_training_run_writes_model_metrics_and_figures(trained_run):
     args = yaml.safe_load((trained_run / "args.yaml").read_text())
     assert args["learning_rate"] == 0.002 and args["dataset"] == "synthetic"
     assert (trained_run / "model.safetensors").is_file() and (trained_run / "config.json").is_file()
+    # Readable as the other files are (safetensors alone writes 0600), in the run folder and its checkpoints.
+    modes = {path.relative_to(trained_run).as_posix(): stat.S_IMODE(path.stat().st_mode)
+             for path in trained_run.rglob("*.safetensors")}
+    assert len(modes) >= 2 and set(modes.values()) == {stat.S_IMODE((trained_run / "config.json").stat().st_mode)}
 
 
 def test_saved_run_classifies_with_pipeline(trained_run):

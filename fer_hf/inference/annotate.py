@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,19 @@ class AnnotationTarget:
         self.is_file = self.target.suffix.lower() in WRITABLE_SUFFIXES | set(VIDEO_SUFFIXES)
         if self.is_file and not single_input:
             raise ValueError(f"--annotate {target}: a file name takes one input; give a folder for several inputs.")
-        (self.target.parent if self.is_file else self.target).mkdir(parents=True, exist_ok=True)
+        if not self.is_file and self.target.suffix and not self.target.is_dir():
+            # `out.tif` or `out.xyz` would otherwise become a folder of that name, which is not what was asked.
+            raise ValueError(
+                f"--annotate {target}: fer_hf writes annotated images as {', '.join(sorted(WRITABLE_SUFFIXES))} and "
+                f"videos as {', '.join(sorted(VIDEO_SUFFIXES))}; name a file with one of those, or a folder (to "
+                "write into a folder whose name has a dot, create it first)."
+            )
+        folder = self.target.parent if self.is_file else self.target
+        folder.mkdir(parents=True, exist_ok=True)
+        try:  # a probe, before any image is read: as root, os.access says yes to folders that refuse writes
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as err:
+            raise OSError(f"--annotate {target}: cannot write into {folder} ({err.strerror or err}).") from None
         self._used: set[Path] = set()
 
     def path_for(self, source: str, default_suffix: str) -> Path:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from fer_hf.inference.background import chunks, read_ahead
-from fer_hf.inference.onnx_export import ONNX_CONFIG_KEY, ONNX_DATA_CONFIG_KEY, cached_onnx
+from fer_hf.inference.onnx_export import ONNX_CONFIG_KEY, ONNX_DATA_CONFIG_KEY, ONNX_WEIGHTS_KEY, cached_onnx
 from fer_hf.inference.preprocess import TTA_MODES, VIEWS_PER_FACE, FacePreprocessor, check_tta
 from fer_hf.model_files import DEFAULT_MODEL_DIR, label_names, read_model_config
 
@@ -108,7 +108,8 @@ def load_classifier(
         try:
             cached = cached_onnx(model_dir)
             try:
-                return _load_onnx(cached, model_dir, threads, providers=["CPUExecutionProvider"])
+                # The cache's name is a digest of the folder's weights: no second digest to check it by.
+                return _load_onnx(cached, model_dir, threads, providers=["CPUExecutionProvider"], check_source=False)
             except Exception:  # a cached file damaged since: the next run exports it again
                 cached.unlink(missing_ok=True)
                 raise
@@ -161,12 +162,34 @@ def default_threads() -> int:
     return cores
 
 
+def checked_device(device: str):
+    """`device` as a torch.device that this machine has: a bad name or a GPU that is not there is bad input (a
+    ValueError naming --device), not torch's traceback at the first batch."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device}: not a device torch knows ({str(err).splitlines()[0]}); use cpu, "
+                         "cuda or cuda:N.") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {device}: no CUDA GPU is usable here (torch.cuda.is_available() is False); "
+                             "use --device cpu, or leave --device out.")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}.")
+    elif parsed.type not in ("cpu", "mps") or (parsed.type == "mps" and not torch.backends.mps.is_available()):
+        raise ValueError(f"--device {device}: not available here; use cpu or cuda.")
+    return parsed
+
+
 def _load_pytorch(model_dir: Path, device: str | None) -> FerClassifier:
     import torch
 
     from fer_hf.modeling import image_processor_for, load_saved_model
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = checked_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # fp32 whatever the stored dtype: the shipped model keeps fp16 weights to stay small.
     model = load_saved_model(model_dir, dtype=torch.float32).to(device)
 
@@ -179,7 +202,7 @@ def _load_pytorch(model_dir: Path, device: str | None) -> FerClassifier:
 
 
 def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | None,
-               providers: list[str] | None = None) -> FerClassifier:
+               providers: list[str] | None = None, check_source: bool = True) -> FerClassifier:
     import onnxruntime
 
     if not path.is_file():
@@ -201,6 +224,8 @@ def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | N
     except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf types, not exported in a stable place
         raise ValueError(f"{path}: not a loadable ONNX model ({err}); export it again with fer_hf.export.") from err
     metadata = session.get_modelmeta().custom_metadata_map
+    if check_source and model_dir is not None and ONNX_CONFIG_KEY in metadata:
+        _check_same_model(path, model_dir, metadata)
     if ONNX_CONFIG_KEY in metadata:
         config = json.loads(metadata[ONNX_CONFIG_KEY])
     elif model_dir is not None:
@@ -232,6 +257,21 @@ def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | N
 
     return FerClassifier(config, data_config, run, backend=f"onnxruntime ({session.get_providers()[0]}, "
                          f"{threads} thread{'s' if threads > 1 else ''})", streams=threads, run_whole=run_one)
+
+
+def _check_same_model(path: Path, model_dir: str | os.PathLike, metadata: dict) -> None:
+    """`--model DIR --onnx FILE`: FILE runs, with its own config, so DIR only names it in reports. Refused where
+    FILE was exported from other weights (a report would name the wrong model); said where that cannot be told."""
+    from fer_hf.hashing import weights_sha256
+
+    recorded = metadata.get(ONNX_WEIGHTS_KEY)
+    if recorded is None:
+        logger.warning("%s embeds its own config and runs as it is; whether it was exported from %s cannot be "
+                       "checked (it was exported before fer_hf recorded the weights' digest).", path, model_dir)
+    elif recorded != weights_sha256(model_dir):
+        raise ValueError(f"{path} was not exported from {model_dir} (its weights differ); pass --onnx alone to run "
+                         f"the export, --model alone to run the folder, or export the folder again "
+                         f"(`python -m fer_hf.export {model_dir} --onnx {path}`).")
 
 
 def view_logits(

@@ -56,9 +56,11 @@ class LoadedImage:
         return cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)  # ITU-R 601 luma, as PIL's convert("L")
 
 
-def list_images(folder: str | os.PathLike) -> tuple[list[Path], int]:
+def list_images(folder: str | os.PathLike, unlisted: list[tuple[Path, OSError]] | None = None
+                ) -> tuple[list[Path], int]:
     """Image files under `folder` (recursively, sorted, hidden files skipped) and how many other files were skipped;
-    OSError where `folder` itself cannot be listed.
+    OSError where `folder` itself cannot be listed. A subfolder that cannot be listed is passed over, as Path.rglob
+    does, and added to `unlisted` (with its error) when that list is given.
 
     Links to folders are not followed (so a link loop cannot recurse forever); a link to a file, even a broken one,
     is listed (read_image then names it). One `scandir` per folder: the file types come with the listing, where
@@ -71,10 +73,12 @@ def list_images(folder: str | os.PathLike) -> tuple[list[Path], int]:
         try:
             with os.scandir(directory) as entries:
                 listed = list(entries)
-        except OSError:
+        except OSError as err:
             if not parts:  # the folder given itself: the caller says why it cannot be listed
                 raise
-            continue  # an unreadable subfolder is passed over, as Path.rglob does
+            if unlisted is not None:
+                unlisted.append((Path(directory), err))
+            continue
         for entry in listed:
             if entry.name.startswith("."):
                 continue
@@ -129,7 +133,7 @@ def read_image(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGA
             ):
                 image = ImageOps.exif_transpose(image)  # a copy: only made for the photos that need turning
             rotated = image.size == decoded[::-1] != decoded
-            rgb = _to_rgb8(image)
+            rgb = to_rgb8(image)
     except ImageReadError:
         raise
     except PermissionError as err:
@@ -240,15 +244,24 @@ def _reduce_on_decode(image: Image.Image, path: Path, max_pixels: int, max_megap
     )
 
 
-def _to_rgb8(image: Image.Image) -> np.ndarray:
-    """Any Pillow mode to RGB uint8: 16-bit and float scaled (not clipped), transparency composited on white."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})  # Pillow's modes of more than 8 bits a pixel
+
+
+def to_rgb8(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode to RGB uint8: 16-bit and float scaled (not clipped), transparency composited on white.
+    32-bit integers and floats already within 0-255 are kept, floats within 0-1 (the usual float image) scaled by 255,
+    any other range stretched onto 0-255."""
+    if image.mode in WIDE_MODES:
         values = np.asarray(image, dtype=np.float32)
         if image.mode.startswith("I;16"):
             values = values / 257.0  # 0-65535 -> 0-255; Pillow's convert("L") would clip everything above 255
-        elif values.size and (values.max() > 255 or values.min() < 0 or image.mode == "F"):
+        elif values.size:
+            values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
             low, high = float(values.min()), float(values.max())
-            values = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+            if image.mode == "F" and low >= 0 and high <= 1:
+                values = values * 255.0
+            elif low < 0 or high > 255:
+                values = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
         gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):

@@ -22,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_hf.hashing import update_from_file, weights_sha256
 from fer_hf.model_files import CONFIG_FILE, LEGACY_WEIGHTS_FILE, WEIGHTS_FILE, read_model_config
 
 logger = logging.getLogger(__name__)
 
 ONNX_CONFIG_KEY = "fer_hf.config"  # metadata entry of an exported .onnx holding the model's config.json
 ONNX_DATA_CONFIG_KEY = "fer_hf.data_config"  # ... and its resolved timm data config (size, crop, mean, std)
+ONNX_WEIGHTS_KEY = "fer_hf.weights_sha256"  # ... and the SHA-256 of the weights file it was exported from
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
@@ -83,8 +85,10 @@ def export_onnx(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, opse
             )
         exported = onnx.load(str(partial))
         onnx.checker.check_model(exported)
-        for key, value in ((ONNX_CONFIG_KEY, json.dumps(config)),
-                           (ONNX_DATA_CONFIG_KEY, json.dumps(_jsonable(data_config)))):
+        embedded = [(ONNX_CONFIG_KEY, json.dumps(config)), (ONNX_DATA_CONFIG_KEY, json.dumps(_jsonable(data_config)))]
+        if (weights := weights_sha256(model_dir)) is not None:
+            embedded.append((ONNX_WEIGHTS_KEY, weights))
+        for key, value in embedded:
             entry = exported.metadata_props.add()
             entry.key, entry.value = key, value
         exported.doc_string = (f"fer_hf FER-2013 classifier exported from {Path(model_dir).name}: pixel_values -> "
@@ -123,9 +127,7 @@ def cache_key(model_dir: str | os.PathLike, opset: int = DEFAULT_OPSET) -> str:
         path = Path(model_dir) / name
         if path.is_file():
             digest.update(name.encode())
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+            update_from_file(digest, path)
     return digest.hexdigest()[:24]
 
 

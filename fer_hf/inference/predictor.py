@@ -126,8 +126,9 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[dict]]:
     for given in inputs:
         path = Path(given).expanduser()
         if path.is_dir():
+            unlisted: list[tuple[Path, OSError]] = []
             try:
-                images, skipped = list_images(path)
+                images, skipped = list_images(path, unlisted)
             except OSError as err:
                 images, skipped = [], 0
                 error = f"{path}: cannot list this folder ({err.strerror or err}); check its permissions."
@@ -135,6 +136,10 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[dict]]:
                 error = f"{path}: no image files in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})."
             if skipped:
                 logger.info("%s: skipped %d non-image file(s)", path, skipped)
+            # Said, not passed over in silence: the run would look complete without that subfolder's images.
+            errors.extend({"file": str(sub), "faces": [], "error": f"{sub}: cannot list this folder "
+                           f"({err.strerror or err}); its images were not read. Check its permissions."}
+                          for sub, err in unlisted)
             if not images:
                 errors.append({"file": str(path), "faces": [], "error": error})
             files.extend(images)
@@ -229,7 +234,12 @@ def predict_images(
                     record["faces"] = faces[start: start + len(boxes)]
                     start += len(boxes)
                     if annotate is not None and image is not None:
-                        annotate.write_image(image, record["faces"])
+                        try:
+                            annotate.write_image(image, record["faces"])
+                        except (OSError, ValueError) as err:  # disk full, a folder removed meanwhile, a bad name
+                            # The faces stay in the record: only the drawing is lost, and the error says so.
+                            record["error"] = f"{record['file']}: faces found, but the annotated image could not " \
+                                              f"be written ({err})."
                     yield record
                 progress.update(len(pending))
     finally:
@@ -246,6 +256,9 @@ def predict_video(
     import cv2
 
     record: dict = {"file": str(path), "frames": [], "frames_per_second": None, "video_fps": None, "error": None}
+    if Path(path).is_dir():
+        record["error"] = f"{path}: a folder, not a video file; pass its images as inputs (without --video)."
+        return record
     if not Path(path).is_file():
         record["error"] = f"{path}: no such video file; check the path."
         return record

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from fer_hf.inference.images import WIDE_MODES, to_rgb8
 from fer_hf.labels import TTA_MODES
 
 VIEWS_PER_FACE = {"none": 1, "hflip": 2, "tencrop": 10}
@@ -129,6 +130,10 @@ class FacePreprocessor:
         # (unless padding would fill the channels with different colours).
         if face.mode == self.mode or (face.mode == "L" and self.mode == "RGB" and len(set(self.fill)) == 1):
             return face
+        if face.mode in WIDE_MODES:
+            # 16-bit and float faces as a file of that mode is read: Pillow's own convert clips 16-bit values above
+            # 255 to white and floats in 0-1 to black. Other modes convert as timm's transform converts them.
+            face = Image.fromarray(to_rgb8(face))
         return face.convert(self.mode)
 
     def _trim(self, image: Image.Image) -> Image.Image:

@@ -21,9 +21,10 @@ import safetensors.numpy
 from datasets import Dataset
 from PIL import Image
 
+from fer_hf.hashing import weights_sha256
 from fer_hf.inference.classifier import ensemble_probabilities, load_classifier
 from fer_hf.inference.preprocess import check_tta
-from fer_hf.model_files import LEGACY_WEIGHTS_FILE, WEIGHTS_FILE, read_model_config
+from fer_hf.model_files import read_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +34,7 @@ def _identity(folders: Sequence[str | os.PathLike], images: Sequence[Image.Image
     weights = []
     for folder in folders:
         read_model_config(folder)  # names a folder that is no model before anything runs
-        stored = next((Path(folder) / name for name in (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE)
-                       if (Path(folder) / name).is_file()), None)
-        weights.append(hashlib.sha256(stored.read_bytes()).hexdigest() if stored else str(folder))
+        weights.append(weights_sha256(folder) or str(folder))
     pixels = hashlib.sha256()
     for image in images:
         pixels.update(f"{image.mode}{image.size}".encode())
