@@ -53,6 +53,14 @@ def read_model_config(model_dir: str | os.PathLike) -> dict:
     weights = model_dir / WEIGHTS_FILE
     if weights.is_file():
         try:
+            # safetensors reports a file it may not read as missing ("No such file or directory"): ask the OS first.
+            open(weights, "rb").close()
+        except PermissionError as err:
+            raise ModelFolderError(f"cannot read {weights}: permission denied; make it readable (chmod) or copy the "
+                                   f"model again.") from err
+        except OSError as err:
+            raise ModelFolderError(f"cannot read {weights}: {err.strerror or err}.") from err
+        try:
             with safe_open(str(weights), framework="numpy") as handle:  # reads the header only
                 handle.keys()
         except (SafetensorError, OSError) as err:

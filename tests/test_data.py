@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -69,6 +70,41 @@ def test_csv_is_cached_and_cache_follows_file_changes(csv_file, tmp_path):
     write_csv(path, pixels, (labels + 1) % 7, USAGES)
     third = load_fer2013(str(path), cache_dir=cache)
     assert third["train"][0]["label"] == (labels[0] + 1) % 7
+
+
+def test_cache_sees_a_rewrite_that_keeps_size_and_mtime(csv_file, tmp_path):
+    """`cp -p`, `rsync -t` or os.utime restore the mtime of a rewritten file; the cache must not serve the old copy."""
+    path, pixels, labels = csv_file
+    cache = tmp_path / "cache"
+    before = path.stat()
+    assert load_fer2013(str(path), cache_dir=cache)["train"][0]["label"] == labels[0]
+    time.sleep(0.05)  # past the kernel's coarse timestamp tick, so the change time surely moves
+    write_csv(path, pixels, (labels + 1) % 7, USAGES)  # one-digit labels: the same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    reloaded = load_fer2013(str(path), cache_dir=cache)
+    assert list(reloaded["train"]["label"]) == list((labels[:14] + 1) % 7)
+
+
+def test_csv_without_some_usages_loads_only_for_the_splits_asked_for(tmp_path):
+    """A file of PrivateTest rows alone serves an evaluation on test; whoever needs another split (training needs
+    all three) is told which Usage is missing, also when the partial file is already in the cache."""
+    pixels, labels = make_faces(7)
+    path = write_csv(tmp_path / "private.csv", pixels, labels, ["PrivateTest"] * 7)
+    cache = tmp_path / "cache"
+    dataset = load_fer2013(str(path), cache_dir=cache, splits=("test",))
+    assert list(dataset) == ["test"] and list(dataset["test"]["label"]) == list(labels)
+    assert np.array_equal(np.asarray(dataset["test"][4]["image"]), pixels[4])
+    with pytest.raises(FerDataError, match=r"private\.csv: no rows with Usage 'PublicTest' \(validation split\).*"
+                                           r"holds only PrivateTest rows"):
+        load_fer2013(str(path), cache_dir=cache, splits=("validation",))
+    with pytest.raises(FerDataError, match=r"no rows with Usage 'Training', 'PublicTest' \(train, validation split"):
+        load_fer2013(str(path), cache_dir=cache)  # the default: every split
+    with pytest.raises(FerDataError, match="no rows with Usage 'Training'"):
+        load_fer2013(str(path), cache_dir=tmp_path / "fresh")  # not cached yet: the parser checks it too
+    with pytest.raises(ValueError, match="unknown split"):
+        load_fer2013(str(path), cache_dir=cache, splits=("PrivateTest",))
 
 
 def test_npz_file_and_folder(tmp_path):
@@ -197,6 +233,45 @@ def test_image_folder_without_prefixes_holds_out_stratified_validation(tmp_path,
     assert "stratified" in caplog.text and "validation" in caplog.text
     assert len(dataset["validation"]) == 14 and len(dataset["train"]) == 56 and len(dataset["test"]) == 15
     assert sorted(dataset["validation"]["label"]) == sorted(list(range(7)) * 2)  # stratified: 2 per class
+
+
+def test_image_folder_without_prefixes_says_its_test_split_is_all_of_test(tmp_path, caplog):
+    """README: test is PrivateTest. A Kaggle test/ without PublicTest_/PrivateTest_ names holds both, and every load
+    (the cached one too) says so; the split carries it for evaluate to record."""
+    pixels, _ = make_faces(21)
+    layout = {f"train/{name}/{k}.png": pixels[2 * i + k] for i, name in enumerate(LABEL_NAMES) for k in range(2)}
+    layout |= {f"test/{name}/{i}.png": pixels[14 + i] for i, name in enumerate(LABEL_NAMES)}
+    write_folder(tmp_path / "kaggle", layout)
+    for attempt in ("parsed", "cached"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="fer_hf"):
+            dataset = load_fer2013(str(tmp_path / "kaggle"), validation_fraction=0.5, cache_dir=tmp_path / "cache")
+        warned = [r.getMessage() for r in caplog.records if load.MIXED_TEST_SPLIT in r.getMessage()]
+        assert len(warned) == 1, (attempt, caplog.text)
+        assert "7 images" in warned[0] and "PrivateTest alone" in warned[0]
+        assert dataset["test"].info.description == load.MIXED_TEST_SPLIT
+        assert dataset["test"].select(range(3)).info.description == load.MIXED_TEST_SPLIT  # --max_samples keeps it
+
+    prefixed = {f"train/{name}/Training_{i}.png": pixels[i] for i, name in enumerate(LABEL_NAMES)}
+    prefixed |= {f"test/{name}/{usage}_{i}.png": pixels[7 + i] for i, name in enumerate(LABEL_NAMES)
+                 for usage in ("PublicTest", "PrivateTest")}
+    write_folder(tmp_path / "named", prefixed)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fer_hf"):
+        dataset = load_fer2013(str(tmp_path / "named"), cache_dir=tmp_path / "cache")
+    assert load.MIXED_TEST_SPLIT not in caplog.text and dataset["test"].info.description != load.MIXED_TEST_SPLIT
+
+
+def test_a_val_folder_stays_validation_beside_a_test_folder_of_mixed_names(tmp_path):
+    # Only some test/ files named PublicTest_*: test/ is taken whole as test, but val/'s images never join it.
+    pixels, _ = make_faces(28)
+    layout = {f"train/{name}/{k}.png": pixels[2 * i + k] for i, name in enumerate(LABEL_NAMES) for k in range(2)}
+    layout |= {f"val/{name}/v{i}.png": pixels[14 + i] for i, name in enumerate(LABEL_NAMES)}
+    layout |= {f"test/{name}/{'PublicTest_' if i < 3 else ''}{i}.png": pixels[21 + i]
+               for i, name in enumerate(LABEL_NAMES)}
+    write_folder(tmp_path / "kaggle", layout)
+    dataset = load_fer2013(str(tmp_path / "kaggle"), cache_dir=tmp_path / "cache")
+    assert len(dataset["test"]) == 4 and len(dataset["validation"]) == 7 + 3
 
 
 def test_synthetic_is_deterministic_and_sized():

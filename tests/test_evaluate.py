@@ -112,6 +112,18 @@ def test_evaluate_rejects_bad_arguments():
         fer_evaluate.EvaluateArguments(model="m", dataset="synthetic", split="train")
 
 
+@pytest.mark.parametrize("max_samples", ["0", "-5"])
+def test_evaluate_refuses_max_samples_below_one(max_samples, tmp_path, capsys):
+    """--max_samples 0 used to evaluate nothing and write a metrics.json of 0.00%: a usage error (status 2) now."""
+    out = tmp_path / "eval"
+    with pytest.raises(SystemExit) as exit_info:
+        fer_evaluate.main(["--dataset", "synthetic", "--max_samples", max_samples, "--output_dir", str(out)])
+    assert exit_info.value.code == 2
+    assert f"--max_samples must be 1 or more (or left out for the whole split), got {max_samples}." \
+        in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_plots_accuracy_and_loss_curves_mark_the_best_step(trained_run, tmp_path, capsys):
     written = plots.main([str(trained_run), "--output_dir", str(tmp_path)])
     assert sorted(Path(p).name for p in written) == ["accuracy_curve.png", "loss_curve.png"]

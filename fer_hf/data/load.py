@@ -9,8 +9,8 @@ features of `fer_hf.labels.fer_features()`. Sources are told apart by what the a
 4. a Hub dataset id, through `datasets.load_dataset`;
 5. `synthetic`: procedurally drawn faces (`fer_hf.data.synthetic`).
 
-A CSV, archive or folder is parsed once and kept in the datasets cache, keyed by the source's path, size and
-modification time, so later loads memory-map Arrow files instead of parsing again.
+A CSV, archive or folder is parsed once and kept in the datasets cache, keyed by the source's path, inode, size,
+modification time and change time, so later loads memory-map Arrow files instead of parsing again.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict, config, load_dataset, load_from_disk
 from PIL import Image, UnidentifiedImageError
 
-from fer_hf.labels import IMAGE_SIZE, IMAGE_SUFFIXES, LABEL_NAMES, SPLITS, USAGE_TO_SPLIT, fer_features
+from fer_hf.labels import IMAGE_SIZE, IMAGE_SUFFIXES, LABEL_NAMES, SPLIT_TO_USAGE, SPLITS, USAGE_TO_SPLIT, fer_features
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ CSV_COLUMNS = ("emotion", "pixels", "Usage")
 PGM_HEADER = f"P5\n{IMAGE_SIZE} {IMAGE_SIZE}\n255\n".encode()  # binary greyscale; the pixels follow as raw bytes
 # Bump when parsing changes, so stale cache entries are never reused.
 CACHE_VERSION = "1"
+# What the `test` split of a Kaggle image folder holds when its test/ file names carry no PublicTest_/PrivateTest_
+# prefix: all of test/, PublicTest and PrivateTest mixed. Kept as the split's `info.description`, so that it survives
+# the cache and an evaluation can say what it measured.
+MIXED_TEST_SPLIT = "test/ (all of it: no PublicTest_/PrivateTest_ names)"
 
 
 class FerDataError(ValueError):
@@ -52,6 +56,7 @@ def load_fer2013(
     synthetic_train_size: int = 3000,
     synthetic_eval_size: int = 600,
     cache_dir: str | os.PathLike | None = None,
+    splits: Iterable[str] = SPLITS,
 ) -> DatasetDict:
     """Load FER-2013 (or the synthetic stand-in) with splits train / validation / test.
 
@@ -64,26 +69,46 @@ def load_fer2013(
         synthetic_train_size: training images drawn for `synthetic`.
         synthetic_eval_size: validation and test images (each) drawn for `synthetic`.
         cache_dir: where parsed CSVs and folders are cached; the datasets cache by default.
+        splits: the splits the caller needs. A fer2013.csv or .npz without rows for one of them is an error; one
+            without rows for another split loads without that split (evaluating PrivateTest needs no Training rows).
+            Image folders, Hub datasets and `synthetic` always give all three.
     """
+    splits = tuple(splits)
+    unknown = [split for split in splits if split not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; expected some of {SPLITS}.")
     if source == "synthetic":
         return _load_synthetic(synthetic_train_size, synthetic_eval_size, seed)
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix.lower() == ".csv":
-            return _cached(path, "csv", skip_bad_rows, cache_dir, lambda: _parse_csv(path, skip_bad_rows))
-        if path.suffix.lower() == ".npz":
-            return _cached(path, "npz", skip_bad_rows, cache_dir,
-                           lambda: _from_arrays(*_read_npz(path), source=path))
-        raise FerDataError(f"{path}: unsupported file type {path.suffix!r}; give fer2013.csv, fer2013.npz, a folder.")
+            dataset = _cached(path, "csv", skip_bad_rows, cache_dir, lambda: _parse_csv(path, skip_bad_rows, splits))
+        elif path.suffix.lower() == ".npz":
+            dataset = _cached(path, "npz", skip_bad_rows, cache_dir,
+                              lambda: _from_arrays(*_read_npz(path), source=path, splits=splits))
+        else:
+            raise FerDataError(
+                f"{path}: unsupported file type {path.suffix!r}; give fer2013.csv, fer2013.npz, a folder."
+            )
+        # The cache keeps whatever splits the file has, whoever parsed it first: check this caller's needs again.
+        _check_splits(dataset, splits, path)
+        return dataset
     if path.is_dir():
         for name in ("fer2013.npz", "fer2013.csv"):
             if (path / name).is_file():
                 return load_fer2013(str(path / name), validation_fraction=validation_fraction, seed=seed,
-                                    skip_bad_rows=skip_bad_rows, cache_dir=cache_dir)
+                                    skip_bad_rows=skip_bad_rows, cache_dir=cache_dir, splits=splits)
         if (path / "train").is_dir():
             key = f"folder-{validation_fraction}-{seed}"
-            return _cached(path, key, skip_bad_rows, cache_dir,
-                           lambda: _parse_folder(path, validation_fraction, seed, skip_bad_rows))
+            dataset = _cached(path, key, skip_bad_rows, cache_dir,
+                              lambda: _parse_folder(path, validation_fraction, seed, skip_bad_rows))
+            if dataset["test"].info.description == MIXED_TEST_SPLIT:  # warned on every load, cached or not
+                logger.warning(
+                    "%s: the test split is %s, %d images: in the Kaggle layout PublicTest and PrivateTest mixed, not "
+                    "FER-2013's test split (PrivateTest alone). Name the files PublicTest_*/PrivateTest_* to split "
+                    "them.", path, MIXED_TEST_SPLIT, len(dataset["test"]),
+                )
+            return dataset
         raise FerDataError(
             f"{path}: folder has neither fer2013.csv, fer2013.npz nor a train/ subfolder "
             "(expected the Kaggle layout train/<class>/*.jpg and test/<class>/*.jpg)."
@@ -127,12 +152,12 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pixels, labels, usage
 
 
-def _parse_csv(path: Path, skip_bad_rows: bool) -> DatasetDict:
+def _parse_csv(path: Path, skip_bad_rows: bool, splits: Iterable[str] = SPLITS) -> DatasetDict:
     if path.stat().st_size == 0:
         raise FerDataError(f"{path}: the file is empty; expected fer2013.csv with columns {', '.join(CSV_COLUMNS)}.")
     arrays = _read_csv_fast(path)
     if arrays is not None:
-        return _from_arrays(*arrays, source=path)
+        return _from_arrays(*arrays, source=path, splits=splits)
     # Anything the byte-level reader does not vouch for (a BOM, CRLF, quotes, odd spacing, bad rows...) is read here
     # row by row, so that every problem is found and named by its line in the file.
     rows, bad = _read_csv_rows(path)
@@ -168,7 +193,8 @@ def _parse_csv(path: Path, skip_bad_rows: bool) -> DatasetDict:
         logger.warning("%s: skipped %d malformed row(s) — %s", path, len(bad), described)
         keep = np.array([row[0] not in bad for row in rows], dtype=bool)
         pixels, labels, usage = pixels[keep], labels[keep], usage[keep]
-    return _from_arrays(pixels.reshape(-1, IMAGE_SIZE, IMAGE_SIZE), labels, usage.astype(str), source=path)
+    return _from_arrays(pixels.reshape(-1, IMAGE_SIZE, IMAGE_SIZE), labels, usage.astype(str), source=path,
+                        splits=splits)
 
 
 def _read_csv_rows(path: Path) -> tuple[list[tuple[int, str, str, str]], dict[int, str]]:
@@ -364,12 +390,15 @@ def _parse_folder(root: Path, validation_fraction: float, seed: int, skip_bad_ro
         logger.warning("%s: skipped %d unreadable image(s), e.g. %s", root, len(skipped), skipped[:3])
     if not arrays["train"][0]:
         raise FerDataError(f"{root}/train: no images found in train/<class>/ (classes: {', '.join(LABEL_NAMES)}).")
-    if not test_has_usage_prefixes and arrays["validation"][0] and not (root / "validation").is_dir():
+    has_validation_folder = any((root / name).is_dir() for name in ("validation", "val"))
+    if not test_has_usage_prefixes and arrays["validation"][0] and not has_validation_folder:
         # Mixed naming: only some test files carry PublicTest_/PrivateTest_; treat the whole test/ folder as test.
         arrays["test"][0].extend(arrays["validation"][0])
         arrays["test"][1].extend(arrays["validation"][1])
         arrays["validation"] = ([], [])
     splits = {s: _to_dataset(np.stack(p), np.array(y, np.int64)) for s, (p, y) in arrays.items() if p}
+    if not test_has_usage_prefixes and not has_validation_folder and "test" in splits:
+        splits["test"].info.description = MIXED_TEST_SPLIT
     if "validation" not in splits:
         why = "test/ file names do not start with PublicTest_/PrivateTest_"
         source = f"{root} ({why})"
@@ -455,15 +484,27 @@ def _normalise_hub(raw: DatasetDict, dataset_id: str, validation_fraction: float
 # ----------------------------------------------------------------------------------------------------- helpers
 
 
-def _from_arrays(pixels: np.ndarray, labels: np.ndarray, usage: np.ndarray, source: Path) -> DatasetDict:
-    splits = {}
-    for usage_name, split in USAGE_TO_SPLIT.items():
-        rows = np.flatnonzero(usage == usage_name)
-        if len(rows) == 0:
-            raise FerDataError(f"{source}: no rows with Usage {usage_name!r} ({split} split); every split must be "
-                               f"present.")
-        splits[split] = _to_dataset(pixels[rows], labels[rows])
-    return DatasetDict(splits)
+def _from_arrays(
+    pixels: np.ndarray, labels: np.ndarray, usage: np.ndarray, source: Path, splits: Iterable[str] = SPLITS
+) -> DatasetDict:
+    """The rows of each Usage as its split; a split without rows is left out, an error if it is one of `splits`."""
+    found = {split: np.flatnonzero(usage == usage_name) for usage_name, split in USAGE_TO_SPLIT.items()}
+    dataset = DatasetDict({split: _to_dataset(pixels[rows], labels[rows]) for split, rows in found.items()
+                           if len(rows)})
+    _check_splits(dataset, splits, source)
+    if not dataset:  # only where the caller asked for no split in particular
+        raise FerDataError(f"{source}: no rows to load (Usage {', '.join(USAGE_TO_SPLIT)}).")
+    return dataset
+
+
+def _check_splits(dataset: DatasetDict, splits: Iterable[str], source: Path) -> None:
+    missing = [split for split in splits if split not in dataset]
+    if missing:
+        usages = ", ".join(repr(SPLIT_TO_USAGE[split]) for split in missing)
+        held = f"only {', '.join(SPLIT_TO_USAGE[split] for split in dataset)} rows" if dataset else "no usable rows"
+        raise FerDataError(f"{source}: no rows with Usage {usages} ({', '.join(missing)} split"
+                           f"{'s' if len(missing) > 1 else ''}), which is needed here; the file holds {held}. Give "
+                           f"the full fer2013.csv / fer2013.npz.")
 
 
 def _to_dataset(pixels: np.ndarray, labels: np.ndarray) -> Dataset:
@@ -540,10 +581,13 @@ def _looks_like_path(source: str) -> bool:
 def _cached(source: Path, kind: str, skip_bad_rows: bool, cache_dir, build) -> DatasetDict:
     """Parse `source` once; later calls load the Arrow copy from the datasets cache (memory-mapped, seconds)."""
     stat = source.stat()
-    newest = stat.st_mtime_ns
-    if source.is_dir():  # a folder changes when any image in it changes
-        newest = max([newest, *(p.stat().st_mtime_ns for p in source.rglob("*"))])
-    key = f"{CACHE_VERSION}|{kind}|{source.resolve()}|{stat.st_size}|{newest}|{skip_bad_rows}"
+    stats = [stat, *(p.stat() for p in source.rglob("*"))] if source.is_dir() else [stat]  # any image of a folder
+    newest_mtime = max(s.st_mtime_ns for s in stats)
+    # A rewrite that keeps the size and restores the mtime (`cp -p`, `rsync -t`, os.utime) still moves the change time,
+    # which userspace cannot set; the inode tells a file replaced by another apart. Cheaper than hashing folders.
+    newest_ctime = max(s.st_ctime_ns for s in stats)
+    key = (f"{CACHE_VERSION}|{kind}|{source.resolve()}|{stat.st_ino}|{stat.st_size}|{newest_mtime}|{newest_ctime}|"
+           f"{skip_bad_rows}")
     root = Path(cache_dir or config.HF_DATASETS_CACHE) / "fer_hf"
     target = root / f"{kind.split('-')[0]}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if (target / "dataset_dict.json").is_file():
