@@ -28,7 +28,7 @@ from fer_hf.inference.demo import Analysis, analyse_file, card_accuracies, descr
 from fer_hf.inference.images import DEFAULT_MAX_MEGAPIXELS
 from fer_hf.inference.predictor import FacePredictor
 from fer_hf.model_files import DEFAULT_MODEL_DIR
-from fer_hf.run_dir import replace_folder, write_atomic
+from fer_hf.run_dir import check_replaceable, replace_folder, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,7 @@ def export_space(output_dir: str | os.PathLike, model: str) -> Path:
     import gradio
 
     target = Path(output_dir)
+    check_replaceable(target, "app.py")
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     package = Path(__file__).resolve().parent

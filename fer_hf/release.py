@@ -34,6 +34,7 @@ from fer_hf.run_dir import (
     ARGS_FILE,
     LOSS_FIGURE,
     TRAINER_STATE,
+    check_replaceable,
     read_args,
     replace_folder,
     share_like_other_files,
@@ -58,6 +59,7 @@ def release(run_dir: str | Path, dataset: str, output_dir: str | Path = DEFAULT_
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run_dir}: no {CONFIG_FILE}; give the output_dir of a finished `fer_hf.train` run.")
+    check_replaceable(output_dir, CONFIG_FILE)
     partial = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model = load_saved_model(run_dir, dtype=torch.float32)

@@ -78,10 +78,40 @@ def share_like_other_files(folder: str | os.PathLike, pattern: str = "*.safetens
         path.chmod(0o666 & ~umask)
 
 
+class OutputExistsError(FileExistsError):
+    """An output folder that holds something the command did not write, so replacing it would destroy it."""
+
+
+def check_replaceable(target: str | os.PathLike, marker: str) -> None:
+    """Before any work: refuse a `target` that replacing would destroy -- a file, or a non-empty folder without
+    `marker`, the file every output of this command holds (a mistyped `--output_dir outputs` or `~` stops here)."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise OutputExistsError(f"{target}: is a file; give a folder name for the output.")
+    if target.is_dir() and any(target.iterdir()) and not (target / marker).is_file():
+        raise OutputExistsError(f"{target}: a folder with other contents (no {marker}); this command replaces only "
+                                "a folder it wrote before. Give a new or empty folder.")
+
+
 def replace_folder(partial: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Move a completely written folder `partial` to `target`, replacing what was there. A kill at any moment
-    leaves the previous `target`, the new one, or (between the two renames) none with the old one at `target.old`."""
+    leaves the previous `target`, the new one, or (between the two renames) none with the old one at `target.old`.
+
+    Only an earlier version of the same output is replaced: a `target` holding any name `partial` does not (a
+    user's notes, checkpoints, a run's results) is refused with OutputExistsError and `partial` removed, so nothing
+    of the user's is deleted."""
     partial, target = Path(partial), Path(target)
+    if target.exists() and not target.is_dir():
+        shutil.rmtree(partial, ignore_errors=True)
+        raise OutputExistsError(f"{target}: is a file; give a folder name for the output.")
+    if target.is_dir():
+        foreign = sorted({p.name for p in target.iterdir()} - {p.name for p in partial.iterdir()})
+        if foreign:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise OutputExistsError(
+                f"{target}: holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which this command "
+                "did not write; it replaces only a folder it wrote before. Give a new or empty folder."
+            )
     old = target.with_name(target.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():

@@ -23,7 +23,8 @@ from pathlib import Path
 import timm
 import torch
 
-from fer_hf.run_dir import replace_folder, share_like_other_files
+from fer_hf import cli
+from fer_hf.run_dir import check_replaceable, replace_folder, share_like_other_files
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +128,10 @@ def converted_state_dict(key: str) -> tuple[torch.nn.Module, dict[str, torch.Ten
 
 def materialise(key: str, output_dir: str | os.PathLike) -> Path:
     """Write the ImageNet model as a timm `save_for_hf` folder (config.json + model.safetensors)."""
+    output_dir = Path(output_dir)
+    check_replaceable(output_dir, "config.json")
     model, state = converted_state_dict(key)
     model.load_state_dict(state)
-    output_dir = Path(output_dir)
     partial = output_dir.with_name(output_dir.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     timm.models.save_for_hf(model.eval(), str(partial), safe_serialization=True)
@@ -158,7 +160,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--output_dir", default=None, help=f"default: the cache ({CACHE_ENV} or ~/.cache/fer_hf)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    out = materialise(args.name, args.output_dir or cache_root() / args.name)
+    with cli.exit_on_bad_input("fer_hf.weights"):  # an output folder it would destroy, a cache it cannot write
+        out = materialise(args.name, args.output_dir or cache_root() / args.name)
     print(out)
     return out
 

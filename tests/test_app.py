@@ -118,11 +118,13 @@ def test_export_space_writes_a_space_folder(tmp_path):
     check = subprocess.run([sys.executable, "-c", "import fer_hf.app, fer_hf.inference.demo; print(fer_hf.__file__)"],
                            cwd=out, capture_output=True, text=True, timeout=120)
     assert check.returncode == 0 and str(out) in check.stdout, check.stderr
-    # a second export replaces the first whole
-    (out / "stale.txt").write_text("old")
+    # a second export replaces the first whole; a folder holding a file it did not write is refused, file kept
     app.export_space(out, "someone/other")
-    assert not (out / "stale.txt").exists() and "someone/other" in (out / "app.py").read_text()
-    assert not (tmp_path / "space.partial").exists()
+    assert "someone/other" in (out / "app.py").read_text() and not (tmp_path / "space.partial").exists()
+    (out / "mine.txt").write_text("the user's")
+    with pytest.raises(FileExistsError, match=r"holds mine\.txt, which this command did not write"):
+        app.export_space(out, "someone/third")
+    assert (out / "mine.txt").read_text() == "the user's" and "someone/other" in (out / "app.py").read_text()
 
 
 def test_export_space_needs_a_hub_id(tmp_path):

@@ -54,3 +54,15 @@ def test_release_refuses_weights_over_the_size_limit(trained_run, tmp_path, caps
     last = err.strip().splitlines()[-1]
     assert last.startswith("fer_hf.release: ") and last.endswith("MB, over --max_megabytes 1.")
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()
+
+
+def test_release_never_replaces_a_folder_it_did_not_write(trained_run, tmp_path, capsys):
+    # `--output_dir` mistyped onto a folder of the user's: refused before any work, and nothing of it deleted.
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as stop:
+        release_main([str(trained_run), "--dataset", "synthetic", "--output_dir", str(precious)])
+    assert stop.value.code == 1
+    assert "a folder with other contents (no config.json)" in capsys.readouterr().err
+    assert [p.name for p in precious.iterdir()] == ["notes.txt"] and not (tmp_path / "precious.partial").exists()

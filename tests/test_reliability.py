@@ -186,3 +186,38 @@ def test_same_seed_same_data_gives_identical_results_with_full_determinism(tmp_p
         runs.append({k: v for k, v in results.items() if not any(t in k for t in TIMING_KEYS)})
     assert runs[0] == runs[1]
     assert len(runs[0]) > 10  # eval_*, test_* and train_loss all compared
+
+
+def test_replace_folder_replaces_only_an_earlier_version_of_the_same_output(tmp_path):
+    from fer_hf.run_dir import OutputExistsError, check_replaceable, replace_folder
+
+    def written(name, files):
+        folder = tmp_path / name
+        folder.mkdir()
+        for file, text in files.items():
+            (folder / file).write_text(text)
+        return folder
+
+    target = written("out", {"config.json": "old", "model.safetensors": "old"})
+    check_replaceable(target, "config.json")  # an earlier output: fine
+    replace_folder(written("out.partial", {"config.json": "new", "model.safetensors": "new", "README.md": "new"}),
+                   target)
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"config.json": "new", "model.safetensors": "new",
+                                                                 "README.md": "new"}
+    (target / "notes.txt").write_text("the user's")  # now it holds something the command does not write
+    with pytest.raises(OutputExistsError, match=r"holds .*notes\.txt, which this command did not write"):
+        replace_folder(written("out.partial", {"config.json": "newer"}), target)
+    assert (target / "notes.txt").read_text() == "the user's" and (target / "config.json").read_text() == "new"
+    assert not (tmp_path / "out.partial").exists()
+
+    (tmp_path / "empty").mkdir()
+    check_replaceable(tmp_path / "empty", "config.json")
+    check_replaceable(tmp_path / "absent", "config.json")
+    with pytest.raises(OutputExistsError, match="no config.json"):
+        check_replaceable(written("home", {"thesis.tex": "years"}), "config.json")
+    (tmp_path / "a_file").write_text("x")
+    for check in (lambda: check_replaceable(tmp_path / "a_file", "config.json"),
+                  lambda: replace_folder(written("f.partial", {"config.json": "new"}), tmp_path / "a_file")):
+        with pytest.raises(OutputExistsError, match="is a file"):
+            check()
+    assert (tmp_path / "a_file").read_text() == "x"
