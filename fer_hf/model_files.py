@@ -42,6 +42,11 @@ def read_model_config(model_dir: str | os.PathLike) -> dict:
         config = json.loads(config_path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
         raise ModelFolderError(f"{config_path}: not valid JSON ({err}); the folder was not fully copied?") from err
+    if isinstance(config, dict) and "model_type" not in config and "architecture" in config:
+        # timm's save_for_hf folder (what `python -m fer_hf.weights` writes): a backbone with its ImageNet head.
+        raise ModelFolderError(f"{model_dir}: timm's {config['architecture']} with its ImageNet head, not a FER "
+                               f"model; fine-tune it first (`python -m fer_hf.train --model_name_or_path {model_dir} "
+                               "--pretrained true ...`) and give that run's output_dir.")
     if not isinstance(config, dict) or config.get("model_type") != "timm_wrapper":
         found = config.get("model_type") if isinstance(config, dict) else type(config).__name__
         raise ModelFolderError(f"{model_dir}: holds a {found!r} model, not a timm model saved by fer_hf "

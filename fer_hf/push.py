@@ -141,6 +141,17 @@ class PushArguments:
     commit_message: str = field(default="Upload FER-2013 model (fer_hf)", metadata={"help": "Commit message."})
     dry_run: bool = field(default=False, metadata={"help": "Write the card and list the files; upload nothing."})
 
+    def __post_init__(self):
+        # Checked here, so that a dry run says what the upload would: the Hub refuses such a name.
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(self.repo_id)
+        except HFValidationError as err:
+            raise ValueError(f"--repo_id {self.repo_id!r}: give USER/NAME (or ORG/NAME) ({err})") from None
+        if "/" not in self.repo_id:
+            raise ValueError(f"--repo_id {self.repo_id!r}: give USER/NAME (or ORG/NAME).")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.make_parser("fer_hf.push", __doc__, PushArguments)

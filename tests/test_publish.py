@@ -217,3 +217,10 @@ def test_the_card_names_the_ingredients_a_run_switched_on():
     text = _ingredients({"mixup_alpha": 0.2, "cutmix_alpha": 0.0, "layer_decay": 0.75, "distill_from": ["a"],
                          "distill_alpha": 0.0})
     assert text == "mixup alpha 0.2 / cutmix alpha 0; layer-wise lr decay 0.75", text  # alpha 0: no distillation
+
+
+@pytest.mark.parametrize("repo_id", ["bad id!!", "no_owner", "user/-name"])
+def test_a_repo_id_the_hub_refuses_is_refused_by_the_dry_run_too(repo_id, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        push.main([str(tmp_path), "--repo_id", repo_id, "--dry_run"])
+    assert stopped.value.code == 2 and f"--repo_id {repo_id!r}: give USER/NAME" in capsys.readouterr().err

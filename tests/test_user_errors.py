@@ -145,3 +145,13 @@ def test_faces_of_any_pillow_mode_score_as_their_8_bit_gray_pixels(mode):
     classifier = load_classifier()
     # Pillow's convert clipped 16-bit faces to white and read 0-1 floats as black: scored as noise before.
     np.testing.assert_array_equal(classifier.predict([as_mode(face) for face in faces]), classifier.predict(faces))
+
+
+def test_an_imagenet_weights_folder_is_named_as_such_not_as_a_none_model(tmp_path):
+    from fer_hf.model_files import ModelFolderError, read_model_config
+
+    # What `python -m fer_hf.weights` (timm's save_for_hf) writes: no model_type, an ImageNet head.
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "tf_efficientnet_lite0", "num_classes": 1000}))
+    with pytest.raises(ModelFolderError, match="tf_efficientnet_lite0 with its ImageNet head, not a FER model; "
+                                               "fine-tune it first"):
+        read_model_config(tmp_path)
