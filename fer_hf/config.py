@@ -186,6 +186,10 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        if self.image_size is not None and self.image_size < 1:
+            # 0 is not "unset" (None is): taken as unset it trained at the backbone's size without a word.
+            raise ValueError(f"--image_size must be a positive integer (leave it unset for the backbone's default), "
+                             f"got {self.image_size}.")
         if self.eval_split not in SPLITS:
             raise ValueError(f"--eval_split must be one of {SPLITS}, got {self.eval_split!r}.")
         if self.eval_split == "test":
@@ -215,7 +219,9 @@ FER_HF_TRAINING_DEFAULTS = {"logging_nan_inf_filter": False}
 
 
 def make_parser() -> HfArgumentParser:
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    # No abbreviations: `--learning_rat` must be refused as a typo, as an unknown recipe or sweep key is, not taken
+    # for `--learning_rate`.
+    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
     # transformers' default checks every step's loss for NaN/inf with a Python `if` on a device tensor: a host sync
     # per step, which on a GPU stalls the queue of kernels the CPU has launched ahead. A NaN is then logged as NaN.
     parser.set_defaults(**FER_HF_TRAINING_DEFAULTS)
@@ -230,11 +236,17 @@ def argument_names(parser: HfArgumentParser | None = None) -> set[str]:
 
 
 def read_recipe(path: str | Path, parser: HfArgumentParser | None = None) -> dict[str, Any]:
-    """Read a YAML recipe and check that every key is a real argument."""
+    """Read a YAML recipe and check that every key is a real argument and every value fits its type."""
     path = Path(path)
+    parser = parser or make_parser()
+    if path.is_dir():
+        raise IsADirectoryError(f"--config {path}: is a folder; give a .yaml recipe file.")
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file.")
-    recipe = yaml.safe_load(path.read_text()) or {}
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: {_yaml_problem(err)}") from err
     if not isinstance(recipe, dict):
         raise ValueError(f"{path}: a recipe is a mapping of argument names to values, got {type(recipe).__name__}.")
     unknown = sorted(set(recipe) - argument_names(parser))
@@ -244,7 +256,37 @@ def read_recipe(path: str | Path, parser: HfArgumentParser | None = None) -> dic
     if not_nullable:
         raise ValueError(f"{path}: {', '.join(not_nullable)}: null is not a value these arguments take; give a "
                          "value, or delete the line to keep the default.")
+    wrong = [problem for key, value in recipe.items() if (problem := _value_problem(parser, key, value))]
+    if wrong:
+        raise ValueError(f"{path}: {'; '.join(wrong)}.")
     return recipe
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """yaml's complaint with the line and column it points at (1-based, as editors count), without its traceback."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = ", ".join(part for part in (getattr(err, "context", None), getattr(err, "problem", None)) if part)
+    return f"{where}not valid YAML ({what or err})."
+
+
+def _value_problem(parser: HfArgumentParser, key: str, value: Any) -> str | None:
+    """What the parser would say about a recipe value, naming the key rather than the flag; None if it fits.
+
+    Recipe values reach the parser as command-line tokens, so its own message would read as a command-line mistake;
+    each token is converted here as argparse converts it (the action's type, then its choices).
+    """
+    action = next(action for action in parser._actions if action.dest == key)
+    for token in _recipe_tokens(value):
+        try:
+            converted = action.type(token) if action.type is not None else token
+        except argparse.ArgumentTypeError as err:  # e.g. string_to_bool's own message
+            return f"{key}: {str(err).rstrip('.')}"
+        except (TypeError, ValueError):
+            return f"{key}: invalid {getattr(action.type, '__name__', repr(action.type))} value {token!r}"
+        if action.choices is not None and converted not in action.choices:
+            return f"{key}: invalid choice {token!r} (choose from {', '.join(map(str, action.choices))})"
+    return None
 
 
 @functools.cache
@@ -268,20 +310,26 @@ def recipe_to_argv(recipe: dict[str, Any]) -> list[str]:
     """Turn a recipe into command-line tokens so YAML and CLI values go through the same type conversion."""
     argv: list[str] = []
     for key, value in recipe.items():
-        if value is None or value == []:  # an empty list cannot be spelled as flags; the parser default stands
-            continue
-        if isinstance(value, dict):  # e.g. lr_scheduler_kwargs: the parser reads dicts as JSON
-            argv += [f"--{key}", json.dumps(value)]
-            continue
-        values = value if isinstance(value, list) else [value]
-        argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+        tokens = _recipe_tokens(value)
+        if tokens:
+            argv += [f"--{key}", *tokens]
     return argv
+
+
+def _recipe_tokens(value: Any) -> list[str]:
+    """The command-line tokens that spell one recipe value after its flag; none for a null or an empty list."""
+    if value is None or value == []:  # an empty list cannot be spelled as flags; the parser default stands
+        return []
+    if isinstance(value, dict):  # e.g. lr_scheduler_kwargs: the parser reads dicts as JSON
+        return [json.dumps(value)]
+    values = value if isinstance(value, list) else [value]
+    return [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Parse `--config recipe.yaml` plus overrides (later flags win) into the three argument dataclasses."""
     parser = make_parser()
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # `--conf x` is not `--config x` either
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
     tokens = list(rest)

@@ -70,6 +70,8 @@ def build_model(
     """
     if in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 (grayscale) or 3 (grayscale duplicated to RGB), got {in_chans}.")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be a positive integer (None: the backbone's default), got {image_size}.")
     labels = {"num_labels": len(id2label()), "id2label": id2label(), "label2id": label2id()}
     if pretrained:
         model = _from_pretrained(resolve(model_name_or_path), labels, cache_dir)
@@ -139,7 +141,7 @@ def _random_init_config(name: str, labels: dict, cache_dir: str | None) -> TimmW
 def _set_data_config(config: TimmWrapperConfig, *, in_chans: int, image_size: int | None, crop_pct: float | None):
     cfg = dict(getattr(config, "pretrained_cfg", None) or {})
     cfg.setdefault("input_size", (3, 224, 224))
-    size = image_size or cfg["input_size"][-1]
+    size = cfg["input_size"][-1] if image_size is None else image_size
     cfg["input_size"] = (in_chans, size, size)
     # timm may prefer a larger test size; FER faces have one native size, so train and evaluate alike.
     cfg.pop("test_input_size", None)

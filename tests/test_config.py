@@ -92,3 +92,50 @@ def test_saved_arguments_round_trip(tmp_path):
     assert saved["learning_rate"] == 0.0123 and saved["dataset"] == "synthetic" and "hub_token" not in saved
     again = parse_args(["--config", str(tmp_path / "args.yaml")])
     assert again[2].learning_rate == 0.0123 and again[1].image_size == 48 and again[0].pretrained is False
+
+
+def test_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: 1\nlearning_rate: [0.001\n")
+    # yaml points at where it gave up (the end of the stream, line 3), as an editor counts lines and columns.
+    with pytest.raises(ValueError, match=r"bad\.yaml: line 3, column 1: not valid YAML \(.*expected ',' or ']'"):
+        parse_args(["--config", str(bad)])
+
+
+def test_recipe_value_of_the_wrong_type_names_the_file_and_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: abc\noptim: adamw_nope\npretrained: maybe\nseed: 3\n")
+    with pytest.raises(ValueError) as error:
+        parse_args(["--config", str(bad)])
+    message = str(error.value)
+    assert message.startswith(f"{bad}: learning_rate: invalid float value 'abc'; "), message
+    assert "optim: invalid choice 'adamw_nope' (choose from adamw_torch," in message
+    assert "pretrained: Truthy value expected: got maybe" in message and "seed" not in message
+    assert capsys.readouterr().err == ""  # not argparse's usage and `argument --learning_rate` line
+    with pytest.raises(SystemExit):  # the same mistake on the command line stays argparse's, naming the flag
+        parse_args(["--learning_rate", "abc"])
+    assert "argument --learning_rate/--learning-rate: invalid float value: 'abc'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", ["0", "-5"])
+def test_image_size_must_be_positive(size):
+    with pytest.raises(ValueError, match=rf"--image_size must be a positive integer .*got {size}\."):
+        parse_args(["--image_size", size])
+    assert parse_args(["--image_size", "1"])[1].image_size == 1 and parse_args([])[1].image_size is None
+
+
+def test_abbreviated_flags_are_refused(capsys):
+    # argparse would take `--learning_rat` for `--learning_rate`; a recipe or sweep key with that typo is refused.
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--learning_rat", "0.5"])
+    assert stopped.value.code == 2 and "unrecognized arguments: --learning_rat 0.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--conf", str(CONFIG_DIR / "quickstart.yaml")])
+    assert parse_args(["--learning_rate", "0.5"])[2].learning_rate == 0.5
+
+
+def test_config_folder_is_named_as_a_folder(tmp_path):
+    with pytest.raises(IsADirectoryError, match=rf"^--config {tmp_path}: is a folder; give a \.yaml recipe file\.$"):
+        parse_args(["--config", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        parse_args(["--config", str(tmp_path / "missing.yaml")])

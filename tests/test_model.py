@@ -93,3 +93,12 @@ def test_saved_folder_loads_offline_with_automodel_pipeline_and_timm(tmp_path):
     timm_model = load_timm_model(tmp_path)
     with torch.no_grad():
         assert torch.allclose(timm_model(x), model(x).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [0, -5])
+def test_image_size_must_be_positive_not_replaced_by_the_default(size):
+    # 0 used to be read as "unset" and built a 224-px model; a negative size failed only at the first training step.
+    with pytest.raises(ValueError, match=rf"image_size must be a positive integer .*got {size}\."):
+        build_model("resnet18", pretrained=False, image_size=size)
+    assert tuple(build_model("resnet18", pretrained=False, image_size=1).config.pretrained_cfg["input_size"]) == (
+        3, 1, 1)
