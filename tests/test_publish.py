@@ -224,3 +224,19 @@ def test_a_repo_id_the_hub_refuses_is_refused_by_the_dry_run_too(repo_id, tmp_pa
     with pytest.raises(SystemExit) as stopped:
         push.main([str(tmp_path), "--repo_id", repo_id, "--dry_run"])
     assert stopped.value.code == 2 and f"--repo_id {repo_id!r}: give USER/NAME" in capsys.readouterr().err
+
+
+def test_card_says_how_the_faces_were_resized_and_what_max_steps_ran(tmp_path):
+    from fer_hf.report.model_card import write_model_card
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    config = {"model_type": "timm_wrapper", "architecture": "resnet18", "num_classes": 7,
+              "label_names": list(LABEL_NAMES), "pretrained_cfg": {"input_size": [3, 32, 32]}}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "args.yaml").write_text("image_size: 32\nnum_train_epochs: 1\nmax_steps: 3\npretrained: false\n"
+                                      "dataset: synthetic\n")
+    (folder / "trainer_state.json").write_text(json.dumps({"epoch": 1.5, "global_step": 3, "log_history": []}))
+    text = write_model_card(folder).read_text()
+    assert "downscaled to 32 px" in text and "upscaled" not in text
+    assert "| Epochs | 1.5 run (`max_steps` 3) |" in text and "planned" not in text

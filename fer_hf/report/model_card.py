@@ -124,9 +124,10 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
             "> **Trained on synthetic faces, not on FER-2013.** This model checks that the pipeline runs end to "
             "end; its predictions on real faces mean nothing."
         )
+    resized = "at their native 48 px" if size == 48 else f"{'upscaled' if size > 48 else 'downscaled'} to {size} px"
     recipe = (
         f" Recipe: {'ImageNet-pretrained' if pretrained else 'random initialisation'}, the 48x48 grayscale faces "
-        f"{'upscaled to ' + str(size) + ' px' if size != 48 else 'at their native 48 px'}, "
+        f"{resized}, "
         f"{'duplicated into three channels' if in_chans == 3 else 'as one channel'}." if args else ""
     )
     sections.append(
@@ -185,7 +186,10 @@ def _recipe(args: dict, state: dict, size, best_metric_name: str) -> str:
         ("Weight decay", _fmt(args.get("weight_decay"))),
         ("Schedule", f"`{_fmt(args.get('lr_scheduler_type'))}`, warmup ratio {_fmt(args.get('warmup_ratio'))}, "
                      f"warmup steps {_fmt(args.get('warmup_steps'))}"),
-        ("Epochs", f"{_fmt(args.get('num_train_epochs'))} planned, {_fmt(state.get('epoch'))} run"),
+        # --max_steps, when set, decides the length: the epochs asked for are then not what was planned.
+        ("Epochs", f"{_fmt(args.get('num_train_epochs'))} planned, {_fmt(state.get('epoch'))} run"
+                   if not (args.get("max_steps") or 0) > 0 else
+                   f"{_fmt(state.get('epoch'))} run (`max_steps` {_fmt(args.get('max_steps'))})"),
         ("Batch size", f"{_fmt(args.get('per_device_train_batch_size'))} per device x "
                        f"{_fmt(args.get('gradient_accumulation_steps'))} accumulation"),
         ("Image size", f"{size} px"),
