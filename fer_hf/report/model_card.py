@@ -124,7 +124,8 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
             "> **Trained on synthetic faces, not on FER-2013.** This model checks that the pipeline runs end to "
             "end; its predictions on real faces mean nothing."
         )
-    resized = "at their native 48 px" if size == 48 else f"{'upscaled' if size > 48 else 'downscaled'} to {size} px"
+    resized = ("at their native 48 px" if size == 48 else f"resized to {size} px" if not isinstance(size, int)
+               else f"{'upscaled' if size > 48 else 'downscaled'} to {size} px")
     recipe = (
         f" Recipe: {'ImageNet-pretrained' if pretrained else 'random initialisation'}, the 48x48 grayscale faces "
         f"{resized}, "
