@@ -93,8 +93,7 @@ def push_run(
     Raises:
         HubAccessError: offline, no credentials, no network, or no write access (the message says what to do).
     """
-    if "/" not in repo_id:
-        raise ValueError(f"--repo_id {repo_id!r}: give USER/NAME (or ORG/NAME).")
+    check_repo_id(repo_id)
     check_run_dir(run_dir)
     if constants.is_offline_mode():
         raise HubAccessError(
@@ -142,15 +141,19 @@ class PushArguments:
     dry_run: bool = field(default=False, metadata={"help": "Write the card and list the files; upload nothing."})
 
     def __post_init__(self):
-        # Checked here, so that a dry run says what the upload would: the Hub refuses such a name.
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
+        check_repo_id(self.repo_id)  # here too, so that a dry run says what the upload would
 
-        try:
-            validate_repo_id(self.repo_id)
-        except HFValidationError as err:
-            raise ValueError(f"--repo_id {self.repo_id!r}: give USER/NAME (or ORG/NAME) ({err})") from None
-        if "/" not in self.repo_id:
-            raise ValueError(f"--repo_id {self.repo_id!r}: give USER/NAME (or ORG/NAME).")
+
+def check_repo_id(repo_id: str) -> None:
+    """A name the Hub takes for a model repository, USER/NAME or ORG/NAME; else ValueError saying so."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(f"--repo_id {repo_id!r}: give USER/NAME (or ORG/NAME) ({err})") from None
+    if "/" not in repo_id:
+        raise ValueError(f"--repo_id {repo_id!r}: give USER/NAME (or ORG/NAME).")
 
 
 def main(argv: list[str] | None = None) -> int:

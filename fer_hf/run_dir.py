@@ -82,12 +82,16 @@ class OutputExistsError(FileExistsError):
     """An output folder that holds something the command did not write, so replacing it would destroy it."""
 
 
+def _refuse_a_file(target: Path) -> None:
+    if target.exists() and not target.is_dir():
+        raise OutputExistsError(f"{target}: is a file; give a folder name for the output.")
+
+
 def check_replaceable(target: str | os.PathLike, marker: str) -> None:
     """Before any work: refuse a `target` that replacing would destroy -- a file, or a non-empty folder without
     `marker`, the file every output of this command holds (a mistyped `--output_dir outputs` or `~` stops here)."""
     target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise OutputExistsError(f"{target}: is a file; give a folder name for the output.")
+    _refuse_a_file(target)
     if target.is_dir() and any(target.iterdir()) and not (target / marker).is_file():
         raise OutputExistsError(f"{target}: a folder with other contents (no {marker}); this command replaces only "
                                 "a folder it wrote before. Give a new or empty folder.")
@@ -101,9 +105,11 @@ def replace_folder(partial: str | os.PathLike, target: str | os.PathLike) -> Pat
     user's notes, checkpoints, a run's results) is refused with OutputExistsError and `partial` removed, so nothing
     of the user's is deleted."""
     partial, target = Path(partial), Path(target)
-    if target.exists() and not target.is_dir():
+    try:
+        _refuse_a_file(target)
+    except OutputExistsError:
         shutil.rmtree(partial, ignore_errors=True)
-        raise OutputExistsError(f"{target}: is a file; give a folder name for the output.")
+        raise
     if target.is_dir():
         foreign = sorted({p.name for p in target.iterdir()} - {p.name for p in partial.iterdir()})
         if foreign:

@@ -24,6 +24,7 @@ import timm
 import torch
 
 from fer_hf import cli
+from fer_hf.model_files import CONFIG_FILE
 from fer_hf.run_dir import check_replaceable, replace_folder, share_like_other_files
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def resolve(name: str) -> str:
         return name
     key = name.removeprefix(PREFIX)
     folder = cache_root() / key
-    if not (folder / "config.json").is_file():
+    if not (folder / CONFIG_FILE).is_file():
         materialise(key, folder)
     return str(folder)
 
@@ -129,7 +130,7 @@ def converted_state_dict(key: str) -> tuple[torch.nn.Module, dict[str, torch.Ten
 def materialise(key: str, output_dir: str | os.PathLike) -> Path:
     """Write the ImageNet model as a timm `save_for_hf` folder (config.json + model.safetensors)."""
     output_dir = Path(output_dir)
-    check_replaceable(output_dir, "config.json")
+    check_replaceable(output_dir, CONFIG_FILE)
     model, state = converted_state_dict(key)
     model.load_state_dict(state)
     partial = output_dir.with_name(output_dir.name + ".partial")
@@ -138,7 +139,7 @@ def materialise(key: str, output_dir: str | os.PathLike) -> Path:
     share_like_other_files(partial)
     # timm also writes num_classes into model_args, which transformers' TimmWrapper passes a second time; the top-level
     # num_classes already says it, so the folder loads with AutoModelForImageClassification and pipeline() as well.
-    config_path = partial / "config.json"
+    config_path = partial / CONFIG_FILE
     config = json.loads(config_path.read_text())
     config["model_args"] = {k: v for k, v in (config.get("model_args") or {}).items() if k != "num_classes"}
     config_path.write_text(json.dumps(config, indent=2))
