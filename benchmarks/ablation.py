@@ -1,20 +1,23 @@
 """Issue 9's ablation on a short budget: the base recipe `configs/ablation_lite0_48px.yaml` (ImageNet-pretrained
-EfficientNet-Lite0, 48 px, 8 epochs, EMA, label smoothing 0.1; about 27 minutes a row on 2 cores), then one change per
+EfficientNet-Lite0, 48 px, 8 epochs, EMA, label smoothing 0.1; 15-30 minutes a row on 2 cores), then one change per
 row, trained one at a time through `fer_hf.train`.
 
     python benchmarks/ablation.py --dataset ../shared/data/fer2013            # every row, in ROWS' order
     python benchmarks/ablation.py mixup no_ema --dataset ../shared/data/fer2013
     python benchmarks/ablation.py --list                                       # the rows and their flags
 
-A row whose folder already holds `all_results.json` is skipped and a stopped one continues from its last checkpoint,
-so the same command carries the ablation over sessions. Each row logs to `OUTPUT_ROOT/ablation_lite0_48px_ROW/
-train.log`. `python benchmarks/accuracy_table.py --ablation` tabulates the committed rows against the base one.
+A row already committed (`benchmarks/results/ablation/ROW/all_results.json`) or finished in its folder is skipped
+(the latter's files copied then), and a stopped one continues from its last checkpoint, so the same command carries
+the ablation over sessions and fresh clones. Each row logs to `OUTPUT_ROOT/ablation_lite0_48px_ROW/train.log`; a
+finished row's small result files (no checkpoints) are copied to `benchmarks/results/ablation/ROW/`, where
+`python benchmarks/accuracy_table.py --ablation` tabulates them against the base row.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "ablation_lite0_48px.yaml"
 PREFIX = "ablation_lite0_48px_"
 BASE = "base"
+RESULTS = REPO / "benchmarks" / "results" / "ablation"
+# What a row's committed folder holds: its figures and the files that let anyone check them; never a checkpoint.
+RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json", "test_results.json",
+                "trainer_state.json", "args.yaml", "run_info.json", "confusion_matrix_validation.json",
+                "confusion_matrix_test.json", "confusion_matrix_test.png", "accuracy_curve.png", "loss_curve.png")
 
 # One change each against the base row; the order is the order they run in: first the ingredients no row has
-# measured yet.
+# measured yet, and the seed row that says how far apart chance alone puts two rows.
 ROWS: dict[str, list[str]] = {
     BASE: [],
     "mixup": ["--mixup_alpha", "0.2", "--cutmix_alpha", "1.0", "--mixup_prob", "0.5", "--mixup_switch_prob", "0.5"],
@@ -33,8 +41,8 @@ ROWS: dict[str, list[str]] = {
     "class_weights": ["--class_weighting", "inverse_sqrt"],
     "no_ema": ["--model_ema", "false"],
     "no_smoothing": ["--label_smoothing_factor", "0.0"],
-    "reprob": ["--reprob", "0.25", "--remode", "pixel"],  # measured at full budget already (cpu_lite0_64px_ema_reprob)
     "seed43": ["--seed", "43"],  # the base recipe again on another seed: how far apart chance alone puts two rows
+    "reprob": ["--reprob", "0.25", "--remode", "pixel"],  # measured at full budget already (cpu_lite0_64px_ema_reprob)
     "scratch": ["--pretrained", "false"],  # measured at full budget already (cpu_lite0_64px_ema_scratch)
 }
 
@@ -48,11 +56,21 @@ def row_command(row: str, dataset: str, output_dir: Path) -> list[str]:
     return command
 
 
+def commit_results(output_dir: Path, results_dir: Path) -> list[str]:
+    """Copy a finished row's small result files into its committed folder; returns the names copied."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    copied = [name for name in RESULT_FILES if (output_dir / name).is_file()]
+    for name in copied:
+        shutil.copy2(output_dir / name, results_dir / name)
+    return copied
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rows", nargs="*", help=f"rows to run (default: all): {', '.join(ROWS)}")
     parser.add_argument("--dataset", default=os.environ.get("FER2013_PATH", "../shared/data/fer2013"))
     parser.add_argument("--output_root", type=Path, default=REPO / "outputs")
+    parser.add_argument("--results_root", type=Path, default=RESULTS, help="where finished rows' result files go")
     parser.add_argument("--list", action="store_true", help="print the rows and their flags, train nothing")
     args = parser.parse_args(argv)
     unknown = [row for row in args.rows if row not in ROWS]
@@ -63,9 +81,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row}: {' '.join(flags) or '(the recipe as it is)'}")
         return 0
     for row in args.rows or list(ROWS):
-        output_dir = args.output_root / f"{PREFIX}{row}"
-        if (output_dir / "all_results.json").is_file():
-            print(f"{row}: done ({output_dir / 'all_results.json'})", flush=True)
+        output_dir, results_dir = args.output_root / f"{PREFIX}{row}", args.results_root / row
+        if (results_dir / "all_results.json").is_file():
+            print(f"{row}: done ({results_dir / 'all_results.json'})", flush=True)
+            continue
+        if (output_dir / "all_results.json").is_file():  # finished while no runner watched it
+            copied = commit_results(output_dir, results_dir)
+            print(f"{row}: done ({output_dir}); {len(copied)} result files copied to {results_dir}", flush=True)
             continue
         output_dir.mkdir(parents=True, exist_ok=True)
         print(f"{row}: training into {output_dir}", flush=True)
@@ -76,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row}: fer_hf.train exited with {finished.returncode}; see {output_dir / 'train.log'}",
                   file=sys.stderr)
             return finished.returncode
+        copied = commit_results(output_dir, results_dir)
+        print(f"{row}: finished; {len(copied)} result files copied to {results_dir}", flush=True)
     return 0
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,24 +114,38 @@ def test_each_ablation_row_changes_only_what_its_flags_name(ablation):
 
 def test_ablation_runner_skips_finished_rows_resumes_stopped_ones_and_stops_on_a_failure(ablation, tmp_path,
                                                                                           monkeypatch, capsys):
-    (tmp_path / f"{ablation.PREFIX}base").mkdir()
-    (tmp_path / f"{ablation.PREFIX}base" / "all_results.json").write_text("{}")
+    (tmp_path / f"{ablation.PREFIX}base" / "checkpoint-800").mkdir(parents=True)  # finished, never copied
+    for name in ("all_results.json", "trainer_state.json", "model.safetensors"):
+        (tmp_path / f"{ablation.PREFIX}base" / name).write_text("{}")
     (tmp_path / f"{ablation.PREFIX}mixup" / "checkpoint-449").mkdir(parents=True)
+    results = tmp_path / "committed"
+    (results / "layer_decay").mkdir(parents=True)  # committed by an earlier session: its outputs/ folder is gone
+    (results / "layer_decay" / "all_results.json").write_text("{}")
     commands = []
 
     def fake_run(command, **kwargs):
         commands.append(command)
+        output_dir = Path(command[command.index("--output_dir") + 1])
+        for name in ("all_results.json", "trainer_state.json", "model.safetensors"):
+            (output_dir / name).write_text("{}")
+        (output_dir / "checkpoint-800").mkdir(exist_ok=True)
         return type("Done", (), {"returncode": 3 if "--seed" in command else 0})()
 
     monkeypatch.setattr(ablation.subprocess, "run", fake_run)
-    rows = ["base", "mixup", "no_ema", "seed43", "scratch"]
-    assert ablation.main([*rows, "--output_root", str(tmp_path), "--dataset", "fer.csv"]) == 3
-    assert len(commands) == 3  # base was done; scratch never started after seed43 failed
+    rows = ["base", "mixup", "layer_decay", "no_ema", "seed43", "scratch"]
+    assert ablation.main([*rows, "--output_root", str(tmp_path), "--results_root", str(results),
+                          "--dataset", "fer.csv"]) == 3
+    assert len(commands) == 3  # base and layer_decay were done; scratch never started after seed43 failed
     mixup, no_ema, seed43 = commands
     assert mixup[-2:] == ["--resume_from_checkpoint", "last"] and "--mixup_alpha" in mixup
     assert "--resume_from_checkpoint" not in no_ema and no_ema[no_ema.index("--model_ema") + 1] == "false"
     assert seed43[seed43.index("--output_dir") + 1] == str(tmp_path / f"{ablation.PREFIX}seed43")
-    assert "base: done" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "base: done" in out and "layer_decay: done" in out
+    # finished rows' small files are committed, never a checkpoint or the weights; the failed row's are not
+    for row in ("base", "mixup", "no_ema"):
+        assert sorted(path.name for path in (results / row).iterdir()) == ["all_results.json", "trainer_state.json"]
+    assert not (results / "seed43").exists()
     with pytest.raises(SystemExit):
         ablation.main(["no_such_row"])
 
