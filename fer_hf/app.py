@@ -16,6 +16,7 @@ import importlib.metadata
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -204,6 +205,23 @@ def export_space(output_dir: str | os.PathLike, model: str) -> Path:
     return replace_folder(partial, target)
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail before the model loads, and in words, when the demo could not serve on `host:port`."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port}: a port is 0-65535.")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ValueError(f"--host {host}: not an address of this machine ({err.strerror}).") from err
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise OSError(f"cannot serve on {host}:{port}: {err.strerror} (another demo or program may be using "
+                          "it); choose another with --port N.") from err
+
+
 # ----------------------------------------------------------------------------------------------------- entry point
 
 
@@ -216,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(push a run with python -m fer_hf.push first).")
         print(f"Space folder written to {export_space(args.export_space, args.model)}")
         return 0
+    check_port(args.host, args.port)
     model_dir = model_folder(args.model)
     examples_dir = Path(args.examples_dir or tempfile.mkdtemp(prefix="fer_hf_examples_"))
     demo = build_demo(model_dir, max_megapixels=args.max_megapixels, examples=write_examples(examples_dir))

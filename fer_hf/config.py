@@ -244,7 +244,10 @@ def read_recipe(path: str | Path, parser: HfArgumentParser | None = None) -> dic
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file.")
     try:
-        recipe = yaml.safe_load(path.read_text()) or {}
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); save "
+                         "the recipe as UTF-8.") from err
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: {_yaml_problem(err)}") from err
     if not isinstance(recipe, dict):

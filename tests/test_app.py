@@ -100,6 +100,24 @@ def test_a_hub_model_offline_is_a_clear_message(monkeypatch):
     assert app.model_folder(None) == DEFAULT_MODEL_DIR
 
 
+def test_a_busy_port_or_a_bad_address_is_said_before_the_model_loads(monkeypatch):
+    def no_model(model):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(app, "model_folder", no_model)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(OSError, match=rf"cannot serve on 127\.0\.0\.1:{port}: .*choose another with --port N"):
+            app.main(["--port", str(port)])
+    with pytest.raises(ValueError, match="--port 70000: a port is 0-65535"):
+        app.main(["--port", "70000"])
+    with pytest.raises(ValueError, match="--host no-such-host.invalid: not an address of this machine"):
+        app.main(["--host", "no-such-host.invalid"])
+    app.check_port("127.0.0.1", port)  # free again once the other socket is closed
+
+
 def test_export_space_writes_a_space_folder(tmp_path):
     from huggingface_hub import metadata_load
 

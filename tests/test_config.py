@@ -61,6 +61,13 @@ def test_no_per_step_nan_check_unless_asked():
     assert parse_args(["--config", recipe, "--logging_nan_inf_filter=true"])[2].logging_nan_inf_filter is True
 
 
+def test_a_recipe_that_is_not_utf8_is_named_with_the_byte(tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("learning_rate: 0.001  # café\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.yaml: not UTF-8 text \(byte 0xe9 at offset 27\)"):
+        parse_args(["--config", str(latin1)])
+
+
 def test_unknown_recipe_key_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 0.001\nlearnin_rate: 0.1\n")
