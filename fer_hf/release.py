@@ -33,6 +33,7 @@ from fer_hf.run_dir import (
     ALL_RESULTS,
     ARGS_FILE,
     LOSS_FIGURE,
+    RUN_INFO_FILE,
     TRAINER_STATE,
     check_replaceable,
     read_args,
@@ -42,7 +43,7 @@ from fer_hf.run_dir import (
 
 logger = logging.getLogger(__name__)
 
-COPIED = (ARGS_FILE, TRAINER_STATE, ACCURACY_FIGURE, LOSS_FIGURE)
+COPIED = (ARGS_FILE, TRAINER_STATE, ACCURACY_FIGURE, LOSS_FIGURE, RUN_INFO_FILE)
 
 
 @dataclass

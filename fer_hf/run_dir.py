@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from fer_hf.hashing import file_sha256
+from fer_hf.hashing import file_sha256, weights_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,27 @@ def exclusive(directory: str | os.PathLike, holder: str) -> Iterator[Path]:
         handle.write(f"{holder} (pid {os.getpid()})")
         handle.flush()
         yield directory
+
+
+# What a card needs of a saved folder that a run fine-tunes further: where that folder's own run began.
+START_ARGS = ("output_dir", "model_name_or_path", "pretrained", "image_size", "num_train_epochs", "distill_from")
+
+
+def start_info(model_name_or_path: str) -> dict[str, Any] | None:
+    """A run that starts from a saved model folder (not a Hub id nor a `pypi:` name): the folder, its weights'
+    SHA-256 (the folder may change later: `fer_hf/default_model` does at each release), what its run started from
+    (its `args.yaml`) and, where its `run_info.json` has one, that run's own start. None for any other start."""
+    folder = Path(model_name_or_path).expanduser()
+    if not folder.is_dir():
+        return None
+    info: dict[str, Any] = {"path": model_name_or_path, "weights_sha256": weights_sha256(folder)}
+    earlier = read_args(folder)
+    if earlier:
+        info["run"] = {key: earlier.get(key) for key in START_ARGS}
+    earlier_start = (read_json(folder / RUN_INFO_FILE) if (folder / RUN_INFO_FILE).is_file() else {}).get("start")
+    if earlier_start:  # that run itself fine-tuned a saved folder: the chain back to its first start
+        info["start"] = earlier_start
+    return info
 
 
 def run_info(command: list[str], dataset: str) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from fer_hf.run_dir import (
     exclusive,
     resolve_resume_checkpoint,
     run_info,
+    start_info,
     write_atomic,
 )
 from fer_hf.trainer import FerTrainer, evaluate_split
@@ -87,7 +88,11 @@ def run(model_args, data_args, training_args, command: list[str]) -> dict[str, f
                        "continue that run instead, pass --resume_from_checkpoint last.", training_args.output_dir)
     output_dir = Path(training_args.output_dir)  # writable: `exclusive` in main checked it
     if training_args.should_save:
-        write_atomic(output_dir / RUN_INFO_FILE, json.dumps(run_info(command, data_args.dataset), indent=2) + "\n")
+        info = run_info(command, data_args.dataset)
+        start = start_info(model_args.model_name_or_path) if model_args.pretrained else None
+        if start:
+            info["start"] = start
+        write_atomic(output_dir / RUN_INFO_FILE, json.dumps(info, indent=2) + "\n")
     # `with_transform` hands Trainer an `image` column the model does not take; keep it for the transform.
     training_args.remove_unused_columns = False
     if training_args.device.type == "cpu":
