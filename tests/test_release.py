@@ -66,3 +66,33 @@ def test_release_never_replaces_a_folder_it_did_not_write(trained_run, tmp_path,
     assert stop.value.code == 1
     assert "a folder with other contents (no config.json)" in capsys.readouterr().err
     assert [p.name for p in precious.iterdir()] == ["notes.txt"] and not (tmp_path / "precious.partial").exists()
+
+
+def test_a_fine_tune_of_a_released_model_records_and_cards_the_chain_back_to_its_first_start(trained_run, tmp_path):
+    from conftest import TINY_TRAIN_ARGS
+    from fer_hf.hashing import weights_sha256
+    from fer_hf.report.model_card import build_model_card
+    from fer_hf.run_dir import start_info
+    from fer_hf.train import main as train_main
+
+    shipped = tmp_path / "shipped"
+    release_main([str(trained_run), "--dataset", "synthetic", "--output_dir", str(shipped), "--max_megabytes", "30"])
+    assert json.loads((shipped / "run_info.json").read_text())["command"]  # the release ships the run's record
+    further = tmp_path / "further"
+    train_main([*TINY_TRAIN_ARGS, "--model_name_or_path", str(shipped), "--pretrained", "true", "--max_steps", "2",
+                "--output_dir", str(further)])
+    start = json.loads((further / "run_info.json").read_text())["start"]
+    assert start["path"] == str(shipped) and start["weights_sha256"] == weights_sha256(shipped)
+    assert start["run"]["output_dir"] == str(trained_run) and start["run"]["model_name_or_path"] == "resnet18"
+    assert start["run"]["pretrained"] is False and "start" not in start  # the chain's first start: resnet18, random
+    card = str(build_model_card(further))
+    assert (f"| Initialised from | `{shipped}` as it was then (weights SHA-256 {start['weights_sha256'][:12]}…), the "
+            f"model of the run `{trained_run}`, which started from `resnet18` (random init) |") in card
+    assert "a further fine-tune of an earlier FER model, whose training started from random initialisation" in card
+    # once `shipped` changes (a new release), a run that starts from `further` still knows the whole chain
+    (shipped / "model.safetensors").unlink()
+    chain = start_info(str(further))
+    assert chain["run"]["output_dir"] == str(further) and chain["start"] == start
+    assert start_info("resnet18") is None and start_info("pypi:tf_efficientnet_lite0") is None
+    # a run from the backbone's own weights keeps its card as before: no chain
+    assert "as it was then" not in str(build_model_card(trained_run))

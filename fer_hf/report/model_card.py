@@ -2,7 +2,8 @@
 
 Reads, where present: `config.json` (architecture, labels, data config), `args.yaml` (the recipe), `all_results.json`
 (validation `eval_*` and `test_*` metrics), `confusion_matrix_{validation,test}.json` (per-class scores),
-`trainer_state.json` (best step) and the figures beside them.
+`trainer_state.json` (best step), `run_info.json` (where a run that fine-tuned a saved folder started) and the figures
+beside them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fer_hf.report.tables import PAPER_BASELINES, markdown_table, per_class_tabl
 from fer_hf.run_dir import (
     ACCURACY_FIGURE,
     LOSS_FIGURE,
+    RUN_INFO_FILE,
     confusion_file,
     read_args,
     read_json,
@@ -61,6 +63,22 @@ def _results(all_results: dict, confusion: dict, prefix: str) -> dict | None:
     return report
 
 
+def _start_chain(start: dict) -> tuple[str, dict]:
+    """A run's start when it fine-tuned a saved folder (`run_info.json`'s "start", fer_hf.run_dir.start_info), back
+    to the first start of the chain, in words; and that first run's arguments."""
+    words, run = [], {}
+    while start:
+        run = start.get("run") or {}
+        sha = start.get("weights_sha256")
+        words.append(f"`{start.get('path')}` as it was then" + (f" (weights SHA-256 {sha[:12]}…)" if sha else "")
+                     + (f", the model of the run `{run['output_dir']}`" if run.get("output_dir") else ""))
+        start = start.get("start")
+    if run.get("model_name_or_path"):
+        first = "pretrained weights" if run.get("pretrained") else "random init"
+        words.append(f"`{run['model_name_or_path']}` ({first})")
+    return ", which started from ".join(words), run
+
+
 def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
                      location: str | os.PathLike | None = None) -> ModelCard:
     """A ModelCard for `run_dir`; `repo_id` (USER/NAME) goes in the usage snippet, else the folder's path:
@@ -90,6 +108,8 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
     dataset_label = dataset if is_hub_id(dataset) else Path(dataset).name  # no local paths in a public card
     base_model = args.get("model_name_or_path")
     pretrained = bool(args.get("pretrained", False))
+    start = (read_json(run_dir / RUN_INFO_FILE) if (run_dir / RUN_INFO_FILE).is_file() else {}).get("start")
+    chain, first_run = _start_chain(start) if start and pretrained else ("", {})
     model_id = repo_id or args.get("hub_model_id") or str(final)
     name = model_id.split("/")[-1] if repo_id or args.get("hub_model_id") else final.name
     best_metric_name = args.get("metric_for_best_model") or "loss"
@@ -126,8 +146,13 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
         )
     resized = ("at their native 48 px" if size == 48 else f"resized to {size} px" if not isinstance(size, int)
                else f"{'upscaled' if size > 48 else 'downscaled'} to {size} px")
+    if chain:  # fine-tuned further from a saved model: say where the chain began
+        began = "ImageNet-pretrained weights" if first_run.get("pretrained") else "random initialisation"
+        init = f"a further fine-tune of an earlier FER model, whose training started from {began}"
+    else:
+        init = "ImageNet-pretrained" if pretrained else "random initialisation"
     recipe = (
-        f" Recipe: {'ImageNet-pretrained' if pretrained else 'random initialisation'}, the 48x48 grayscale faces "
+        f" Recipe: {init}, the 48x48 grayscale faces "
         f"{resized}, "
         f"{'duplicated into three channels' if in_chans == 3 else 'as one channel'}." if args else ""
     )
@@ -137,8 +162,8 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
     )
     sections.append("## Model and data\n\n" + markdown_table(("Item", "Value"), [
         ("Architecture", f"timm `{architecture}` in transformers' `TimmWrapperForImageClassification`"),
-        ("Initialised from", f"`{base_model}` ({'pretrained weights' if pretrained else 'random init'})"
-         if base_model else "–"),
+        ("Initialised from", chain or (f"`{base_model}` ({'pretrained weights' if pretrained else 'random init'})"
+                                       if base_model else "–")),
         ("Input", f"{in_chans}x{size}x{size}, mean {_fmt(cfg.get('mean'))}, std {_fmt(cfg.get('std'))}, "
                   f"{cfg.get('interpolation', '?')} resize, crop_pct {_fmt(cfg.get('crop_pct'))}"),
         *([("Training data", f"{data_name}: `{dataset_label}`, split `train` (FER-2013 Training)" if not synthetic
