@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fer_hf.report.tables import PAPER_BASELINES, markdown_table  # noqa: E402
-from fer_hf.run_dir import read_args, read_results, read_trainer_state  # noqa: E402
+from fer_hf.run_dir import RUN_INFO_FILE, read_args, read_json, read_results, read_trainer_state  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 ABLATION = RESULTS / "ablation"  # one folder per row of benchmarks/ablation.py, named after the row
@@ -42,12 +42,21 @@ def train_time(args: dict, results: dict) -> str:
     return f"{minutes:.0f} min" + (" after resuming" if args.get("resume_from_checkpoint") else "")
 
 
+def init(run_dir: Path, args: dict) -> str:
+    """ImageNet or random; for a run that fine-tuned a saved model further, the run that made that model."""
+    start = read_json(run_dir / RUN_INFO_FILE).get("start") if (run_dir / RUN_INFO_FILE).is_file() else None
+    made_by = ((start or {}).get("run") or {}).get("output_dir")
+    if args.get("pretrained") and made_by:
+        return f"`{Path(made_by).name}`"
+    return "ImageNet" if args.get("pretrained") else "random"
+
+
 def row(run_dir: Path) -> tuple[str, ...]:
     args, results, state = read_args(run_dir), read_results(run_dir), read_trainer_state(run_dir)
     test = 100 * results["test_accuracy"]
     return (
         f"`{run_dir.name}`",
-        "ImageNet" if args.get("pretrained") else "random",
+        init(run_dir, args),
         str(args.get("image_size")),
         f"{args.get('num_train_epochs'):g} ({best_epoch(state)})",
         f"{100 * results['eval_accuracy']:.2f}",

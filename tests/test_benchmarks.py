@@ -176,3 +176,25 @@ def test_ablation_table_gives_each_row_its_one_change_and_its_difference_to_the_
     assert no_ema[1:6] == ["`model_ema` True → False", "64.25", "-0.75", "**66.12**", "+0.12"]
     assert no_ema[8:] == ["6 of 8", "25 min |"]
     assert "`seed` 42 → 43" in lines[4] and "output_dir" not in lines[4]
+
+
+def test_accuracy_table_names_the_run_a_further_fine_tune_started_from(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    table = importlib.import_module("accuracy_table")
+    results = {"eval_accuracy": 0.69, "test_accuracy": 0.70, "test_f1": 0.68, "test_paper_f1": 0.685,
+               "train_runtime": 1200}
+    state = {"global_step": 2245, "epoch": 5.0, "best_global_step": 1347}
+    for name, pretrained, start in [("imagenet", True, None), ("scratch", False, None),
+                                    ("further", True, {"path": "fer_hf/default_model",
+                                                       "run": {"output_dir": "outputs/cpu_lite0_80px_ema_distill"}})]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "args.yaml").write_text(json.dumps({"pretrained": pretrained, "image_size": 80,
+                                                      "num_train_epochs": 5}))
+        (folder / "all_results.json").write_text(json.dumps(results))
+        (folder / "trainer_state.json").write_text(json.dumps(state))
+        if start:
+            (folder / "run_info.json").write_text(json.dumps({"start": start}))
+    rows = {name: table.row(tmp_path / name) for name in ("imagenet", "scratch", "further")}
+    assert [rows[name][1] for name in rows] == ["ImageNet", "random", "`cpu_lite0_80px_ema_distill`"]
+    assert rows["further"][3:6] == ("5 (3)", "69.00", "**70.00**") and rows["further"][9] == "-0.16"
