@@ -23,14 +23,29 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from accuracy_table import ABLATION as RESULTS  # noqa: E402  (one folder per row, named after it)
+from accuracy_table import ABLATION_BASE as BASE  # noqa: E402
+
+from fer_hf.run_dir import (  # noqa: E402
+    ACCURACY_FIGURE,
+    ALL_RESULTS,
+    ARGS_FILE,
+    LOSS_FIGURE,
+    RUN_INFO_FILE,
+    SPLIT_RESULTS,
+    TRAINER_STATE,
+    confusion_file,
+)
+
 CONFIG = REPO / "configs" / "ablation_lite0_48px.yaml"
 PREFIX = "ablation_lite0_48px_"
-BASE = "base"
-RESULTS = REPO / "benchmarks" / "results" / "ablation"
 # What a row's committed folder holds: its figures and the files that let anyone check them; never a checkpoint.
-RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json", "test_results.json",
-                "trainer_state.json", "args.yaml", "run_info.json", "confusion_matrix_validation.json",
-                "confusion_matrix_test.json", "confusion_matrix_test.png", "accuracy_curve.png", "loss_curve.png")
+# ALL_RESULTS marks a row as done, so it is copied last: a copy stopped half-way leaves the row to copy again.
+RESULT_FILES = (*SPLIT_RESULTS, TRAINER_STATE, ARGS_FILE, RUN_INFO_FILE, confusion_file("validation"),
+                confusion_file("test"), confusion_file("test", "png"), ACCURACY_FIGURE, LOSS_FIGURE, ALL_RESULTS)
 
 # One change each against the base row; the order is the order they run in: first the ingredients no row has
 # measured yet, and the seed row that says how far apart chance alone puts two rows.
@@ -47,10 +62,15 @@ ROWS: dict[str, list[str]] = {
 }
 
 
+def in_repo(path: Path) -> str:
+    """`path` relative to the checkout where it lies in it: the row's recorded arguments then hold no local path."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def row_command(row: str, dataset: str, output_dir: Path) -> list[str]:
-    """The `fer_hf.train` command of one row (resuming when its folder holds a checkpoint)."""
-    command = [sys.executable, "-m", "fer_hf.train", "--config", str(CONFIG), "--dataset", dataset,
-               "--output_dir", str(output_dir), *ROWS[row]]
+    """The `fer_hf.train` command of one row, run in the checkout (resuming when its folder holds a checkpoint)."""
+    command = [sys.executable, "-m", "fer_hf.train", "--config", in_repo(CONFIG), "--dataset", dataset,
+               "--output_dir", in_repo(output_dir.resolve()), *ROWS[row]]
     if any(output_dir.glob("checkpoint-*")):
         command += ["--resume_from_checkpoint", "last"]
     return command
@@ -82,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for row in args.rows or list(ROWS):
         output_dir, results_dir = args.output_root / f"{PREFIX}{row}", args.results_root / row
-        if (results_dir / "all_results.json").is_file():
-            print(f"{row}: done ({results_dir / 'all_results.json'})", flush=True)
+        if (results_dir / ALL_RESULTS).is_file():
+            print(f"{row}: done ({results_dir / ALL_RESULTS})", flush=True)
             continue
-        if (output_dir / "all_results.json").is_file():  # finished while no runner watched it
+        if (output_dir / ALL_RESULTS).is_file():  # finished while no runner watched it
             copied = commit_results(output_dir, results_dir)
             print(f"{row}: done ({output_dir}); {len(copied)} result files copied to {results_dir}", flush=True)
             continue

@@ -44,7 +44,7 @@ def train_time(args: dict, results: dict) -> str:
 
 def init(run_dir: Path, args: dict) -> str:
     """ImageNet or random; for a run that fine-tuned a saved model further, the run that made that model."""
-    start = read_json(run_dir / RUN_INFO_FILE).get("start") if (run_dir / RUN_INFO_FILE).is_file() else None
+    start = read_json(run_dir / RUN_INFO_FILE).get("start")
     made_by = ((start or {}).get("run") or {}).get("output_dir")
     if args.get("pretrained") and made_by:
         return f"`{Path(made_by).name}`"

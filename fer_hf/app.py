@@ -12,6 +12,7 @@ goes on serving.
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import logging
 import os
@@ -206,20 +207,28 @@ def export_space(output_dir: str | os.PathLike, model: str) -> Path:
 
 
 def check_port(host: str, port: int) -> None:
-    """Fail before the model loads, and in words, when the demo could not serve on `host:port`."""
-    if not 0 <= port <= 65535:
-        raise ValueError(f"--port {port}: a port is 0-65535.")
+    """Fail before the model loads, and in words, when the demo could not serve on `host:port`. The probe binds as
+    Gradio's server (uvicorn) does: IPv6 when the host has a colon, else IPv4, with SO_REUSEADDR on POSIX (so a port
+    whose last connections are still closing is not refused)."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port {port}: a port is 1-65535.")
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        resolved = socket.getaddrinfo(address, port, family, socket.SOCK_STREAM)[0][4]
     except socket.gaierror as err:
-        raise ValueError(f"--host {host}: not an address of this machine ({err.strerror}).") from err
-    family, _, _, _, address = infos[0]
+        raise ValueError(f"--host {host}: could not resolve it ({err.strerror}).") from err
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        if os.name == "posix":
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(address)
+            probe.bind(resolved)
         except OSError as err:
-            raise OSError(f"cannot serve on {host}:{port}: {err.strerror} (another demo or program may be using "
-                          "it); choose another with --port N.") from err
+            why = {errno.EADDRINUSE: "in use (another demo or program?); choose another with --port N",
+                   errno.EACCES: "not allowed (ports below 1024 need privileges); choose another with --port N",
+                   errno.EADDRNOTAVAIL: "not an address of this machine; use 127.0.0.1, 0.0.0.0 (every interface) "
+                                        "or one of its own addresses with --host"}.get(err.errno, err.strerror)
+            raise OSError(f"cannot serve on {host}:{port}: {why}.") from err
 
 
 # ----------------------------------------------------------------------------------------------------- entry point

@@ -91,7 +91,7 @@ def release(run_dir: str | Path, dataset: str, output_dir: str | Path = DEFAULT_
         logger.info("Shipped weights on %s: accuracy %.4f (n=%d)", split, report["accuracy"], len(part))
     (partial / ALL_RESULTS).write_text(json.dumps(results, indent=2) + "\n")
     write_model_card(partial, location=output_dir)
-    replace_folder(partial, output_dir)
+    replace_folder(partial, output_dir, ours=COPIED)  # an older run may lack one an earlier release had
     return results
 
 

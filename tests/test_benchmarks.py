@@ -140,6 +140,8 @@ def test_ablation_runner_skips_finished_rows_resumes_stopped_ones_and_stops_on_a
     assert mixup[-2:] == ["--resume_from_checkpoint", "last"] and "--mixup_alpha" in mixup
     assert "--resume_from_checkpoint" not in no_ema and no_ema[no_ema.index("--model_ema") + 1] == "false"
     assert seed43[seed43.index("--output_dir") + 1] == str(tmp_path / f"{ablation.PREFIX}seed43")
+    assert mixup[mixup.index("--config") + 1] == "configs/ablation_lite0_48px.yaml"  # no local path in args.yaml
+    assert ablation.RESULT_FILES[-1] == "all_results.json"  # the 'done' mark is copied last
     out = capsys.readouterr().out
     assert "base: done" in out and "layer_decay: done" in out
     # finished rows' small files are committed, never a checkpoint or the weights; the failed row's are not

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 
 import pytest
@@ -86,13 +87,49 @@ def test_a_fine_tune_of_a_released_model_records_and_cards_the_chain_back_to_its
     assert start["run"]["output_dir"] == str(trained_run) and start["run"]["model_name_or_path"] == "resnet18"
     assert start["run"]["pretrained"] is False and "start" not in start  # the chain's first start: resnet18, random
     card = str(build_model_card(further))
-    assert (f"| Initialised from | `{shipped}` as it was then (weights SHA-256 {start['weights_sha256'][:12]}…), the "
-            f"model of the run `{trained_run}`, which started from `resnet18` (random init) |") in card
+    # absolute paths are shown by their names only: a public card carries no local paths
+    assert (f"| Initialised from | `{shipped.name}` as it was then (weights SHA-256 {start['weights_sha256'][:12]}…), "
+            f"the model of the run `{trained_run.name}`, which started from `resnet18` (random init) |") in card
     assert "a further fine-tune of an earlier FER model, whose training started from random initialisation" in card
+    assert str(tmp_path) not in next(line for line in card.splitlines() if line.startswith("| Initialised from"))
     # once `shipped` changes (a new release), a run that starts from `further` still knows the whole chain
-    (shipped / "model.safetensors").unlink()
+    shutil.copy2(further / "model.safetensors", shipped / "model.safetensors")
+    assert weights_sha256(shipped) != start["weights_sha256"]
     chain = start_info(str(further))
     assert chain["run"]["output_dir"] == str(further) and chain["start"] == start
     assert start_info("resnet18") is None and start_info("pypi:tf_efficientnet_lite0") is None
+    # resumed after its start changed, the run keeps the start it began from
+    train_main([*TINY_TRAIN_ARGS, "--model_name_or_path", str(shipped), "--pretrained", "true", "--max_steps", "3",
+                "--output_dir", str(further), "--resume_from_checkpoint", "last"])
+    resumed = json.loads((further / "run_info.json").read_text())
+    assert "--resume_from_checkpoint" in resumed["command"] and resumed["start"] == start
     # a run from the backbone's own weights keeps its card as before: no chain
     assert "as it was then" not in str(build_model_card(trained_run))
+
+
+def test_a_start_folder_with_unreadable_records_or_none_is_recorded_without_them(tmp_path, caplog):
+    from fer_hf.report.model_card import _start_chain
+    from fer_hf.run_dir import start_info
+
+    folder = tmp_path / "timm_folder"  # a plain timm / transformers folder: weights, no record of a fer_hf run
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    plain = start_info(str(folder))
+    assert set(plain) == {"path", "weights_sha256"} and _start_chain(plain) == ("", {})  # the card adds no story
+    (folder / "run_info.json").write_text("{not json")
+    (folder / "args.yaml").write_text("- a list, not a mapping\n")
+    assert start_info(str(folder)) == plain
+    assert "run_info.json: unreadable" in caplog.text and "args.yaml: not a mapping" in caplog.text
+    (folder / "run_info.json").write_text('{"start": "not a record"}')
+    assert start_info(str(folder)) == plain
+
+
+def test_release_of_an_older_run_replaces_a_release_that_had_more_files(trained_run, tmp_path):
+    older = tmp_path / "older_run"
+    shutil.copytree(trained_run, older, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (older / "run_info.json").unlink()  # runs from before run_info.json was shipped
+    shipped = tmp_path / "shipped"
+    release_main([str(trained_run), "--dataset", "synthetic", "--output_dir", str(shipped), "--max_megabytes", "30"])
+    assert (shipped / "run_info.json").is_file()
+    release_main([str(older), "--dataset", "synthetic", "--output_dir", str(shipped), "--max_megabytes", "30"])
+    assert not (shipped / "run_info.json").exists() and (shipped / "model.safetensors").is_file()

@@ -63,19 +63,28 @@ def _results(all_results: dict, confusion: dict, prefix: str) -> dict | None:
     return report
 
 
+def _shown_path(path: Any) -> str:
+    """A path as a public card may show it: relative as given, an absolute one by its name (no local paths)."""
+    return Path(path).name if Path(str(path)).is_absolute() else str(path)
+
+
 def _start_chain(start: dict) -> tuple[str, dict]:
-    """A run's start when it fine-tuned a saved folder (`run_info.json`'s "start", fer_hf.run_dir.start_info), back
-    to the first start of the chain, in words; and that first run's arguments."""
+    """A run's start when it fine-tuned a fer_hf run's saved folder (`run_info.json`'s "start", fer_hf.run_dir.
+    start_info), back to the first start of the chain, in words; and that first run's arguments. ("", {}) when the
+    start was a folder with no record of its run (a timm or transformers folder): nothing to say beyond its name."""
+    if not isinstance(start, dict) or not isinstance(start.get("run"), dict):
+        return "", {}
     words, run = [], {}
-    while start:
-        run = start.get("run") or {}
+    while isinstance(start, dict):
+        run = start.get("run") if isinstance(start.get("run"), dict) else {}
         sha = start.get("weights_sha256")
-        words.append(f"`{start.get('path')}` as it was then" + (f" (weights SHA-256 {sha[:12]}…)" if sha else "")
-                     + (f", the model of the run `{run['output_dir']}`" if run.get("output_dir") else ""))
+        words.append(f"`{_shown_path(start.get('path'))}` as it was then"
+                     + (f" (weights SHA-256 {sha[:12]}…)" if isinstance(sha, str) else "")
+                     + (f", the model of the run `{_shown_path(run['output_dir'])}`" if run.get("output_dir") else ""))
         start = start.get("start")
     if run.get("model_name_or_path"):
-        first = "pretrained weights" if run.get("pretrained") else "random init"
-        words.append(f"`{run['model_name_or_path']}` ({first})")
+        first = {True: "pretrained weights", False: "random init"}.get(run.get("pretrained"), "init not recorded")
+        words.append(f"`{_shown_path(run['model_name_or_path'])}` ({first})")
     return ", which started from ".join(words), run
 
 
@@ -108,8 +117,7 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
     dataset_label = dataset if is_hub_id(dataset) else Path(dataset).name  # no local paths in a public card
     base_model = args.get("model_name_or_path")
     pretrained = bool(args.get("pretrained", False))
-    start = (read_json(run_dir / RUN_INFO_FILE) if (run_dir / RUN_INFO_FILE).is_file() else {}).get("start")
-    chain, first_run = _start_chain(start) if start and pretrained else ("", {})
+    chain, first_run = _start_chain(read_json(run_dir / RUN_INFO_FILE).get("start")) if pretrained else ("", {})
     model_id = repo_id or args.get("hub_model_id") or str(final)
     name = model_id.split("/")[-1] if repo_id or args.get("hub_model_id") else final.name
     best_metric_name = args.get("metric_for_best_model") or "loss"
@@ -147,8 +155,9 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
     resized = ("at their native 48 px" if size == 48 else f"resized to {size} px" if not isinstance(size, int)
                else f"{'upscaled' if size > 48 else 'downscaled'} to {size} px")
     if chain:  # fine-tuned further from a saved model: say where the chain began
-        began = "ImageNet-pretrained weights" if first_run.get("pretrained") else "random initialisation"
-        init = f"a further fine-tune of an earlier FER model, whose training started from {began}"
+        began = {True: ", whose training started from ImageNet-pretrained weights",
+                 False: ", whose training started from random initialisation"}.get(first_run.get("pretrained"), "")
+        init = f"a further fine-tune of an earlier FER model{began}"
     else:
         init = "ImageNet-pretrained" if pretrained else "random initialisation"
     recipe = (
