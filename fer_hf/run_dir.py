@@ -167,18 +167,19 @@ def start_info(model_name_or_path: str) -> dict[str, Any] | None:
     if not folder.is_dir():
         return None
     info: dict[str, Any] = {"path": model_name_or_path, "weights_sha256": weights_sha256(folder)}
-    earlier = _readable_record(folder / ARGS_FILE, read_args, folder)
+    earlier = _readable_record(folder / ARGS_FILE)
     if earlier:
         info["run"] = {key: earlier.get(key) for key in START_ARGS}
-    earlier_start = _readable_record(folder / RUN_INFO_FILE, read_json, folder / RUN_INFO_FILE).get("start")
+    earlier_start = _readable_record(folder / RUN_INFO_FILE).get("start")
     if isinstance(earlier_start, dict):  # that run itself fine-tuned a saved folder: the chain back to its start
         info["start"] = earlier_start
     return info
 
 
-def _readable_record(path: Path, read, *args) -> dict[str, Any]:
+def _readable_record(path: Path) -> dict[str, Any]:
+    """A YAML or JSON record (JSON is YAML) as a mapping; {} where absent, unreadable or not a mapping."""
     try:
-        record = read(*args)
+        record = yaml.safe_load(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError, yaml.YAMLError) as err:
         logger.warning("%s: unreadable (%s); the run's record of its start leaves it out.", path, err)
         return {}
