@@ -159,9 +159,10 @@ START_ARGS = ("output_dir", "model_name_or_path", "pretrained", "image_size", "n
 
 
 def start_info(model_name_or_path: str) -> dict[str, Any] | None:
-    """A run that starts from a saved model folder (not a Hub id nor a `pypi:` name): the folder, its weights'
-    SHA-256 (the folder may change later: `fer_hf/default_model` does at each release), what its run started from
-    (its `args.yaml`) and, where its `run_info.json` has one, that run's own start. None for any other start.
+    """A run that starts from a saved model folder (not a Hub id nor a `pypi:` name), or distils from one: the
+    folder, its weights' SHA-256 (the folder may change later: `fer_hf/default_model` does at each release), what its
+    run started from (its `args.yaml`) and, where its `run_info.json` has one, that run's own start. None for any
+    other name.
     A record that cannot be read is left out with a warning: it describes the start, it must not stop the run."""
     folder = Path(model_name_or_path).expanduser()
     if not folder.is_dir():

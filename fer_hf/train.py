@@ -50,6 +50,11 @@ from fer_hf.trainer import FerTrainer, evaluate_split
 logger = logging.getLogger(__name__)
 
 
+def _weights(records: list) -> list:
+    """The weights' SHA-256 of recorded teachers, in order: what says whether they are still the same models."""
+    return [record.get("weights_sha256") if isinstance(record, dict) else record for record in records]
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     argv = sys.argv[1:] if argv is None else list(argv)
     model_args, data_args, training_args = parse_args(argv)
@@ -98,6 +103,18 @@ def run(model_args, data_args, training_args, command: list[str]) -> dict[str, f
             start = start_info(model_args.model_name_or_path) if model_args.pretrained else None
         if start:
             info["start"] = start
+        if model_args.distill_from and model_args.distill_alpha:
+            # The teachers as they are now (their targets are checked against these weights, and computed again if
+            # they changed); folders such as fer_hf/default_model change at each release, so the card needs this.
+            teachers = [start_info(teacher) or {"path": str(teacher)} for teacher in model_args.distill_from]
+            info["teachers"] = teachers
+            if isinstance(earlier.get("teachers"), list) and _weights(earlier["teachers"]) != _weights(teachers):
+                logger.warning("The teachers' weights changed since this run started (%s): the epochs before this "
+                               "resume learnt from the earlier ones; %s records both.",
+                               ", ".join(map(str, model_args.distill_from)), RUN_INFO_FILE)
+                info["teachers_before_resume"] = earlier["teachers"]
+            elif earlier.get("teachers_before_resume"):
+                info["teachers_before_resume"] = earlier["teachers_before_resume"]
         write_atomic(output_dir / RUN_INFO_FILE, json.dumps(info, indent=2) + "\n")
     # `with_transform` hands Trainer an `image` column the model does not take; keep it for the transform.
     training_args.remove_unused_columns = False

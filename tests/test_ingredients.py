@@ -374,3 +374,46 @@ def test_distillation_trains_end_to_end_and_refuses_mixup(tmp_path):
     assert np.isfinite(results["train_loss"]) and (out / TEACHER_FILE).is_file()
     recorded = yaml.safe_load((out / "args.yaml").read_text())
     assert recorded["distill_from"] == [str(DEFAULT_MODEL_DIR)] and recorded["distill_alpha"] == 0.7
+
+
+def test_a_distilled_run_records_its_teachers_weights_and_its_card_names_them(tmp_path, caplog):
+    # A teacher folder may hold another model later (fer_hf/default_model does at each release): the run records the
+    # teachers' weights and runs, the card names them by those, and a resume after a teacher changed keeps both.
+    from safetensors.torch import save_file
+
+    from fer_hf.hashing import weights_sha256
+    from fer_hf.model_files import DEFAULT_MODEL_DIR
+    from fer_hf.report.model_card import build_model_card
+    from fer_hf.train import main
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(DEFAULT_MODEL_DIR, teacher)
+    first_sha = weights_sha256(teacher)
+    out = tmp_path / "run"
+    flags = [*TINY, "--distill_from", str(teacher), "--distill_tta", "none", "--distill_alpha", "0.7",
+             "--output_dir", str(out), "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "1",
+             "--load_best_model_at_end", "false"]
+    main([*flags, "--max_steps", "1"])
+    info = json.loads((out / "run_info.json").read_text())
+    shipped_run = yaml.safe_load((DEFAULT_MODEL_DIR / "args.yaml").read_text())
+    assert [t["path"] for t in info["teachers"]] == [str(teacher)] and "teachers_before_resume" not in info
+    assert info["teachers"][0]["weights_sha256"] == first_sha
+    assert info["teachers"][0]["run"]["output_dir"] == shipped_run["output_dir"]  # the run that made the teacher
+    card = str(build_model_card(out))
+    assert (f"distilled from `{teacher.name}` as it was then (weights SHA-256 {first_sha[:12]}…), the model of the "
+            f"run `{shipped_run['output_dir']}`, none views, alpha 0.7, temperature") in card
+    assert str(tmp_path) not in next(line for line in card.splitlines() if "distilled from" in line)  # no local paths
+    # The teacher changes (a new release), then the run is resumed: its targets are computed again, both recorded.
+    weights = load_file(teacher / "model.safetensors")
+    save_file({name: tensor + 0.01 if tensor.is_floating_point() else tensor for name, tensor in weights.items()},
+              teacher / "model.safetensors")
+    main([*flags, "--max_steps", "2", "--resume_from_checkpoint", "last"])
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["teachers"][0]["weights_sha256"] == weights_sha256(teacher) != first_sha
+    assert info["teachers_before_resume"][0]["weights_sha256"] == first_sha
+    assert "teachers' weights changed since this run started" in caplog.text
+    assert f"(before the run was resumed: `{teacher.name}` as it was then (weights SHA-256 {first_sha[:12]}…)" in str(
+        build_model_card(out))
+    # A resume with the teachers unchanged keeps the record of the earlier ones.
+    main([*flags, "--max_steps", "3", "--resume_from_checkpoint", "last"])
+    assert json.loads((out / "run_info.json").read_text())["teachers_before_resume"][0]["weights_sha256"] == first_sha

@@ -210,8 +210,8 @@ def test_the_card_names_the_ingredients_a_run_switched_on():
                          "distill_from": ["fer_hf/default_model", "outputs/a"], "distill_tta": "tencrop",
                          "distill_alpha": 0.7, "distill_temperature": 2.0, "class_weighting": "inverse_sqrt"})
     for fact in ("label smoothing 0.1", "random erasing p=0.25", "EMA of the weights (decay 0.9995",
-                 "distilled from the ensemble `fer_hf/default_model`, `outputs/a` (the folders as they were when it "
-                 "trained; tencrop views, alpha 0.7",
+                 "distilled from the ensemble of `fer_hf/default_model` as it was then; `outputs/a` as it was then, "
+                 "tencrop views, alpha 0.7",
                  "class weighting `inverse_sqrt`"):
         assert fact in text, fact
     text = _ingredients({"mixup_alpha": 0.2, "cutmix_alpha": 0.0, "layer_decay": 0.75, "distill_from": ["a"],

@@ -2,8 +2,8 @@
 
 Reads, where present: `config.json` (architecture, labels, data config), `args.yaml` (the recipe), `all_results.json`
 (validation `eval_*` and `test_*` metrics), `confusion_matrix_{validation,test}.json` (per-class scores),
-`trainer_state.json` (best step), `run_info.json` (where a run that fine-tuned a saved folder started) and the figures
-beside them.
+`trainer_state.json` (best step), `run_info.json` (where a run that fine-tuned a saved folder started, the teachers
+it distilled from) and the figures beside them.
 """
 
 from __future__ import annotations
@@ -68,6 +68,16 @@ def _shown_path(path: Any) -> str:
     return Path(path).name if Path(str(path)).is_absolute() else str(path)
 
 
+def _folder_as_it_was(record: dict) -> str:
+    """A saved folder a run started or distilled from (fer_hf.run_dir.start_info's record), in words: its path, its
+    weights' SHA-256 and the run that made it, since the folder itself may hold another model by now."""
+    run = record.get("run") if isinstance(record.get("run"), dict) else {}
+    sha = record.get("weights_sha256")
+    return (f"`{_shown_path(record.get('path'))}` as it was then"
+            + (f" (weights SHA-256 {sha[:12]}…)" if isinstance(sha, str) else "")
+            + (f", the model of the run `{_shown_path(run['output_dir'])}`" if run.get("output_dir") else ""))
+
+
 def _start_chain(start: dict) -> tuple[str, dict]:
     """A run's start when it fine-tuned a fer_hf run's saved folder (`run_info.json`'s "start", fer_hf.run_dir.
     start_info), back to the first start of the chain, in words; and that first run's arguments. ("", {}) when the
@@ -77,10 +87,7 @@ def _start_chain(start: dict) -> tuple[str, dict]:
     words, run = [], {}
     while isinstance(start, dict):
         run = start.get("run") if isinstance(start.get("run"), dict) else {}
-        sha = start.get("weights_sha256")
-        words.append(f"`{_shown_path(start.get('path'))}` as it was then"
-                     + (f" (weights SHA-256 {sha[:12]}…)" if isinstance(sha, str) else "")
-                     + (f", the model of the run `{_shown_path(run['output_dir'])}`" if run.get("output_dir") else ""))
+        words.append(_folder_as_it_was(start))
         start = start.get("start")
     if run.get("model_name_or_path"):
         first = {True: "pretrained weights", False: "random init"}.get(run.get("pretrained"), "init not recorded")
@@ -117,7 +124,8 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
     dataset_label = dataset if is_hub_id(dataset) else Path(dataset).name  # no local paths in a public card
     base_model = args.get("model_name_or_path")
     pretrained = bool(args.get("pretrained", False))
-    chain, first_run = _start_chain(read_json(run_dir / RUN_INFO_FILE).get("start")) if pretrained else ("", {})
+    info = read_json(run_dir / RUN_INFO_FILE)
+    chain, first_run = _start_chain(info.get("start")) if pretrained else ("", {})
     model_id = repo_id or args.get("hub_model_id") or str(final)
     name = model_id.split("/")[-1] if repo_id or args.get("hub_model_id") else final.name
     best_metric_name = args.get("metric_for_best_model") or "loss"
@@ -182,7 +190,7 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
         *([("Reported on", "test (PrivateTest), evaluated once after training")] if results["test"] else []),
     ]))
     if args:
-        sections.append(_recipe(args, state, size, best_metric_name))
+        sections.append(_recipe(args, state, size, best_metric_name, info))
     else:
         sections.append("## Training recipe\n\nNot recorded: no `args.yaml` beside the model.")
 
@@ -214,7 +222,7 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None,
     return ModelCard(content)
 
 
-def _recipe(args: dict, state: dict, size, best_metric_name: str) -> str:
+def _recipe(args: dict, state: dict, size, best_metric_name: str, info: dict) -> str:
     return "## Training recipe\n\n" + markdown_table(("Setting", "Value"), [
         ("Optimizer", f"`{_fmt(args.get('optim'))}`"),
         ("Learning rate", _fmt(args.get("learning_rate"))),
@@ -230,15 +238,16 @@ def _recipe(args: dict, state: dict, size, best_metric_name: str) -> str:
         ("Image size", f"{size} px"),
         ("Augmentation", f"RandomResizedCrop(scale=({_fmt(args.get('crop_scale_min'))}, 1)), horizontal flip "
                          f"p={_fmt(args.get('hflip'))}"),
-        ("Other ingredients", _ingredients(args)),
+        ("Other ingredients", _ingredients(args, info)),
         ("Best checkpoint", f"step {_fmt(state.get('best_global_step'))} ({best_metric_name} "
                             f"{_fmt(state.get('best_metric'))})"),
         ("Seed", _fmt(args.get("seed"))),
     ]) + "\n\nReproduce with `accelerate launch -m fer_hf.train --config args.yaml` (the file beside this card)."
 
 
-def _ingredients(args: dict) -> str:
-    """The training ingredients a run switched on (each off unless set), as the flags name them."""
+def _ingredients(args: dict, info: dict | None = None) -> str:
+    """The training ingredients a run switched on (each off unless set), as the flags name them; `info`: the run's
+    `run_info.json`, which records the teachers' weights where the run distilled."""
     on = []
     if args.get("label_smoothing_factor"):
         on.append(f"label smoothing {_fmt(args['label_smoothing_factor'])}")
@@ -253,11 +262,24 @@ def _ingredients(args: dict) -> str:
     if args.get("model_ema"):
         on.append(f"EMA of the weights (decay {_fmt(args.get('model_ema_decay'))}; the EMA weights are the model)")
     if args.get("distill_from") and args.get("distill_alpha"):  # alpha 0: the teachers were never used
-        # The teachers' paths as they were when it trained (`fer_hf/default_model` was then the model shipped before).
-        on.append(f"distilled from the ensemble {', '.join(f'`{t}`' for t in args['distill_from'])} "
-                  f"(the folders as they were when it trained; {_fmt(args.get('distill_tta'))} views, alpha "
-                  f"{_fmt(args.get('distill_alpha'))}, temperature {_fmt(args.get('distill_temperature'))})")
+        on.append(_teachers(args, info or {}))
     return "; ".join(on) or "none"
+
+
+def _teachers(args: dict, info: dict) -> str:
+    """Whom a run distilled from. A teacher folder may hold another model by now (`fer_hf/default_model` changes at
+    each release), so each is named with its weights and its run where the run recorded them."""
+    records = [r for r in info.get("teachers") or [] if isinstance(r, dict)]
+    if records:
+        named = [_folder_as_it_was(record) for record in records]
+    else:  # runs from before the teachers were recorded: their paths, which may hold other models now
+        named = [f"`{_shown_path(teacher)}` as it was then" for teacher in args["distill_from"]]
+    whom = named[0] if len(named) == 1 else "the ensemble of " + "; ".join(named)
+    earlier = [r for r in info.get("teachers_before_resume") or [] if isinstance(r, dict)]
+    if earlier:
+        whom += f" (before the run was resumed: {'; '.join(_folder_as_it_was(record) for record in earlier)})"
+    return (f"distilled from {whom}, {_fmt(args.get('distill_tta'))} views, alpha {_fmt(args.get('distill_alpha'))}, "
+            f"temperature {_fmt(args.get('distill_temperature'))}")
 
 
 def _usage(model_id: str, in_chans: int) -> str:
