@@ -100,3 +100,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    from fer_hf import cli
+
+    cli.exit_now(0)  # as `python -m fer_hf.predict` ends, so that the exit this run times is predict's
