@@ -21,7 +21,7 @@ def _config(size, crop_pct, crop_mode, interpolation="bicubic", channels=3, mean
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 CONFIGS = [
-    _config(80, 1.0, "center"),  # the shipped model
+    _config(96, 1.0, "center"),  # the shipped model
     _config(64, 1.0, "center", "bicubic"),
     _config(48, 0.95, "center", "bilinear", **IMAGENET),  # timm's resnet a1 recipe at FER size
     _config(224, 0.875, "center", "bilinear", **IMAGENET),
@@ -81,8 +81,8 @@ def test_flip_and_ten_crop_views(faces):
 
 def test_empty_batches_and_bad_modes():
     preprocess = FacePreprocessor(CONFIGS[0])
-    assert preprocess([], "none").shape == (0, 1, 3, 80, 80)
-    assert preprocess([], "tencrop").shape == (0, 10, 3, 80, 80)
+    assert preprocess([], "none").shape == (0, 1, 3, 96, 96)
+    assert preprocess([], "tencrop").shape == (0, 10, 3, 96, 96)
     with pytest.raises(ValueError, match="tta must be one of"):
         preprocess([], "fivecrop")
     with pytest.raises(ValueError, match="interpolation"):
