@@ -200,3 +200,61 @@ def test_accuracy_table_names_the_run_a_further_fine_tune_started_from(monkeypat
     rows = {name: table.row(tmp_path / name) for name in ("imagenet", "scratch", "further")}
     assert [rows[name][1] for name in rows] == ["ImageNet", "random", "`cpu_lite0_80px_ema_distill`"]
     assert rows["further"][3:6] == ("5 (3)", "69.00", "**70.00**") and rows["further"][9] == "-0.16"
+
+
+@pytest.fixture
+def ensemble_search(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    return importlib.import_module("ensemble_search")
+
+
+def test_ensemble_search_averages_probabilities_and_breaks_ties_towards_fewer_members(ensemble_search):
+    import numpy as np
+
+    labels = np.array([0, 0, 1, 1])
+    sure, unsure = 0.9, 0.6
+    # a: right on the first three (unsure on the fourth); b: right on the last three; c: right on all four, barely on
+    # face 0.
+    a = np.array([[sure, 1 - sure], [sure, 1 - sure], [1 - sure, sure], [unsure, 1 - unsure]])
+    b = np.array([[1 - unsure, unsure], [unsure, 1 - unsure], [1 - sure, sure], [1 - sure, sure]])
+    c = np.array([[0.51, 0.49], [sure, 1 - sure], [1 - sure, sure], [1 - sure, sure]])
+    probabilities = {("a", "none"): a, ("b", "none"): b, ("c", "none"): c,
+                     ("a", "tencrop"): b, ("b", "tencrop"): a, ("c", "tencrop"): 1 - c}
+    ranked = ensemble_search.rank_configurations(probabilities, labels, max_members=2)
+    assert len(ranked) == 2 * (3 + 3)
+    # Four right: c alone, a + b (averaged: 0.65/0.35 on face 0, right), a + c, b + c (0.455 on face 0: wrong).
+    assert [(row["models"], row["tta"]) for row in ranked[:3]] == [
+        (["c"], "none"), (["a", "b"], "none"), (["a", "c"], "none")]
+    assert ranked[0]["accuracy"] == 1.0 and ranked[3]["correct"] == 4 and ranked[3]["tta"] == "tencrop"
+    by_config = {(tuple(row["models"]), row["tta"]): row["correct"] for row in ranked}
+    assert by_config[(("b", "c"), "none")] == 3 and by_config[(("c",), "tencrop")] == 0
+    assert ensemble_search.rank_configurations(probabilities, labels, max_members=1)[0]["models"] == ["c"]
+
+
+@pytest.mark.slow
+def test_ensemble_search_chooses_on_validation_and_reuses_each_models_probabilities(ensemble_search, trained_run,
+                                                                                    tmp_path, monkeypatch, capsys):
+    """Two real models on synthetic faces: the search never loads the test split, writes what `evaluate` must run,
+    and a second search reads both models' probabilities back instead of running them again, but not for other
+    images."""
+    from fer_hf.model_files import DEFAULT_MODEL_DIR
+
+    loaded_splits = []
+    real_load = ensemble_search.load_fer2013
+    monkeypatch.setattr(ensemble_search, "load_fer2013",
+                        lambda *a, **k: loaded_splits.append(k["splits"]) or real_load(*a, **k))
+    argv = ["--dataset", "synthetic", "--models", str(trained_run), str(DEFAULT_MODEL_DIR), "--max_samples", "24",
+            "--output_dir", str(tmp_path)]
+    result = ensemble_search.main(argv)
+    assert loaded_splits == [("validation",)] and result["images"] == 24 and result["configurations"] == 2 * 3
+    saved = json.loads((tmp_path / "search.json").read_text())
+    assert saved["chosen"] == saved["ranked"][0] and saved["chosen"]["correct"] == max(
+        row["correct"] for row in saved["ranked"])
+    assert saved["test_command"].startswith("python -m fer_hf.evaluate --model ")
+    assert "--split test" in saved["test_command"] and saved["test_command"] in capsys.readouterr().out
+
+    monkeypatch.setattr(ensemble_search, "load_classifier", lambda *a, **k: pytest.fail("computed again"))
+    again = ensemble_search.main(argv)
+    assert again["ranked"] == result["ranked"]
+    with pytest.raises(pytest.fail.Exception, match="computed again"):  # other images: nothing to read back
+        ensemble_search.main([*argv[:-4], "--max_samples", "20", "--output_dir", str(tmp_path)])
