@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fer_hf.data.load import load_fer2013  # noqa: E402
-from fer_hf.hashing import weights_sha256  # noqa: E402
+from fer_hf.hashing import images_sha256, weights_sha256  # noqa: E402
 from fer_hf.inference.classifier import TTA_MODES, ensemble_probabilities, load_classifier  # noqa: E402
 from fer_hf.run_dir import write_atomic  # noqa: E402
 
@@ -66,24 +66,16 @@ def rank_configurations(probabilities: dict[tuple[str, str], np.ndarray], labels
     return rows
 
 
-def folder_identity(folder: str) -> str | None:
-    """A digest of what a folder's probabilities depend on: its weights, config and preprocessing files (the same
-    weights at another input size score differently). None for a folder without a weights file."""
-    weights = weights_sha256(folder)
+def folder_identity(folder: str, weights: str | None) -> str | None:
+    """A digest of what a folder's probabilities depend on: its weights (`weights`, their SHA-256), config and
+    preprocessing files (the same weights at another input size score differently). None for a folder without a
+    weights file."""
     if weights is None:
         return None
     digest = hashlib.sha256(weights.encode())
     for name in ("config.json", "preprocessor_config.json"):
         path = Path(folder) / name
         digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
-    return digest.hexdigest()
-
-
-def pixels_identity(images) -> str:
-    digest = hashlib.sha256()
-    for image in images:
-        digest.update(f"{image.mode}{image.size}".encode())
-        digest.update(image.tobytes())
     return digest.hexdigest()
 
 
@@ -95,7 +87,7 @@ def model_probabilities(folders: list[str], dataset: str, modes: list[str], cach
     if max_samples is not None:
         split = split.select(range(min(max_samples, len(split))))
     images, labels = list(split["image"]), np.asarray(split["label"])
-    pixels = pixels_identity(images)
+    pixels = images_sha256(images)
     saved = {}
     if cache.is_file():
         with np.load(cache) as stored:
@@ -104,7 +96,7 @@ def model_probabilities(folders: list[str], dataset: str, modes: list[str], cach
     probabilities = {}
     for folder in folders:
         classifier = None
-        identity = folder_identity(folder)
+        identity = folder_identity(folder, digests[folder])
         for mode in modes:
             # A folder without a weights file (nothing to digest) is computed every time, never read back.
             key = hashlib.sha256(f"{identity}/{mode}/{pixels}".encode()).hexdigest() if identity else None

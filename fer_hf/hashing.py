@@ -23,6 +23,16 @@ def file_sha256(path: str | os.PathLike) -> str:
     return update_from_file(hashlib.sha256(), path).hexdigest()
 
 
+def images_sha256(images) -> str:
+    """The digest of a sequence of PIL images' pixels, modes and sizes, in order: what a model's outputs on them
+    depend on, however the dataset was stored or cached."""
+    digest = hashlib.sha256()
+    for image in images:
+        digest.update(f"{image.mode}{image.size}".encode())
+        digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
 def weights_sha256(model_dir: str | os.PathLike) -> str | None:
     """The digest of a model folder's weights file (safetensors, else the legacy .bin); None where it has neither.
     It names the weights whatever the folder is called or wherever it was copied."""

@@ -9,7 +9,6 @@ pixels), so a resumed run reads it back instead of computing it again, and a cha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ import safetensors.numpy
 from datasets import Dataset
 from PIL import Image
 
-from fer_hf.hashing import weights_sha256
+from fer_hf.hashing import images_sha256, weights_sha256
 from fer_hf.inference.classifier import ensemble_probabilities, load_classifier
 from fer_hf.inference.preprocess import check_tta
 from fer_hf.model_files import read_model_config
@@ -35,11 +34,7 @@ def _identity(folders: Sequence[str | os.PathLike], images: Sequence[Image.Image
     for folder in folders:
         read_model_config(folder)  # names a folder that is no model before anything runs
         weights.append(weights_sha256(folder) or str(folder))
-    pixels = hashlib.sha256()
-    for image in images:
-        pixels.update(f"{image.mode}{image.size}".encode())
-        pixels.update(image.tobytes())
-    return {"weights_sha256": weights, "tta": tta, "images": len(images), "pixels_sha256": pixels.hexdigest()}
+    return {"weights_sha256": weights, "tta": tta, "images": len(images), "pixels_sha256": images_sha256(images)}
 
 
 def teacher_probabilities(
