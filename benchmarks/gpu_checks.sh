@@ -20,6 +20,15 @@
 #   grep -qx .device .git/info/exclude || echo .device >> .git/info/exclude
 #   run(command="bash benchmarks/gpu_checks.sh throughput", carry=[".device"], timeout_s=300)
 #   run(command="bash benchmarks/gpu_checks.sh recipe", carry=[".device"], timeout_s=600)
+# The tool sends at most 64 MiB a call: the tracked files (about 19 MB, nearly all of it benchmarks/results and
+# fer_hf/default_model, which neither stage reads) plus .device (57 MiB) are over it. For the session's calls, leave
+# those two folders out of the index (the files on disk stay as they are), and put them back right after:
+#   git rm -r -q --cached benchmarks/results fer_hf/default_model
+#   printf '/benchmarks/results/\n/fer_hf/default_model/\n' >> .git/info/exclude
+#   ... the two run() calls ...
+#   git reset -q -- benchmarks/results fer_hf/default_model && sed -i '/^\/benchmarks\/results\/$/d; /^\/fer_hf\/default_model\/$/d' .git/info/exclude
+# Device time is 15 minutes a session, the machine's start included: give the recipe RECIPE_SECONDS of what is left
+# after the throughput stage (status's budget_left_s less about a minute), so that its log and files come back.
 set -euo pipefail
 stage=${1:-}
 if [ "$stage" != throughput ] && [ "$stage" != recipe ]; then
@@ -49,6 +58,10 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 : "${FER2013_PATH:?set FER2013_PATH to fer2013.npz (or .csv / a Kaggle folder), or prepare .device/ as above}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+# The device image's own library versions, not the project's pins, are what runs there: record them with the figures.
+python3 -c "import torch, transformers, timm, accelerate, datasets; print('torch', torch.__version__, 'transformers',
+transformers.__version__, 'timm', timm.__version__, 'accelerate', accelerate.__version__, 'datasets',
+datasets.__version__)" | tee -a "$out/gpu.txt"
 
 case "$stage" in
 throughput)
