@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> float:
 
     with cli.exit_on_bad_input("fer_hf.export"):  # model folder or dataset: each message names the input and the fix
         torch_model = load_classifier(extra.model_dir, device="cpu", backend="pytorch")
-        path = export_onnx(extra.model_dir, args.onnx, args.opset, model=torch_model.model)
+        path = export_onnx(extra.model_dir, args.onnx, args.opset)  # the transformers model, as the cache exports
         part = load_fer2013(args.dataset)[args.split]
     faces = [example["image"] for example in part.select(range(min(args.num_images, len(part))))]
     onnx_model = load_classifier(onnx_path=path)

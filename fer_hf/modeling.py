@@ -17,12 +17,11 @@ from timm.models import adapt_input_conv, get_pretrained_cfg, split_model_name_t
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, TimmWrapperImageProcessor
 
 from fer_hf.labels import id2label, label2id
-from fer_hf.model_files import DEFAULT_MODEL_DIR, WEIGHTS_FILE, ModelFolderError, read_model_config
+from fer_hf.model_files import DEFAULT_MODEL_DIR, ModelFolderError, read_model_config
+from fer_hf.timm_module import load_timm_module
 from fer_hf.weights import resolve, timm_name
 
 logger = logging.getLogger(__name__)
-
-WRAPPER_PREFIX = "timm_model."
 # DEFAULT_MODEL_DIR and ModelFolderError live in fer_hf.model_files (no torch there); they stay importable from here.
 __all__ = ["DEFAULT_MODEL_DIR", "ModelFolderError", "PretrainedWeightsUnavailableError", "build_model",
            "image_processor_for", "load_saved_model", "load_timm_model"]
@@ -90,17 +89,11 @@ def image_processor_for(config: TimmWrapperConfig) -> TimmWrapperImageProcessor:
 
 
 def load_timm_model(model_dir: str | os.PathLike) -> torch.nn.Module:
-    """Load a saved fer_hf model folder as a plain timm model (for timm-only code paths)."""
-    from safetensors.torch import load_file
-
-    config = TimmWrapperConfig.from_pretrained(model_dir)
-    model = timm.create_model(
-        config.architecture, pretrained=False, num_classes=config.num_labels, **(config.model_args or {})
-    )
-    state = load_file(str(Path(model_dir) / WEIGHTS_FILE))
-    model.load_state_dict({k.removeprefix(WRAPPER_PREFIX): v for k, v in state.items()})
-    model.pretrained_cfg = dict(config.pretrained_cfg)
-    return model.eval()
+    """Load a saved fer_hf model folder as a plain timm module (for timm-only code paths), with its data config as
+    `pretrained_cfg`; `fer_hf.timm_module` builds it without transformers."""
+    model, config = load_timm_module(model_dir)
+    model.pretrained_cfg = dict(config["pretrained_cfg"])
+    return model
 
 
 def _from_pretrained(name: str, labels: dict, cache_dir: str | None) -> TimmWrapperForImageClassification:

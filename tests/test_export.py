@@ -16,7 +16,7 @@ from fer_hf import export  # noqa: E402
 from fer_hf import predict as fer_predict  # noqa: E402
 from fer_hf.hashing import weights_sha256  # noqa: E402
 from fer_hf.inference.classifier import ONNX_CONFIG_KEY, load_classifier, view_logits  # noqa: E402
-from fer_hf.inference.onnx_export import ONNX_WEIGHTS_KEY  # noqa: E402
+from fer_hf.inference.onnx_export import ONNX_DATA_CONFIG_KEY, ONNX_WEIGHTS_KEY  # noqa: E402
 from fer_hf.model_files import DEFAULT_MODEL_DIR  # noqa: E402
 
 
@@ -44,6 +44,13 @@ def test_export_onnx_parity_on_real_faces_and_predict_with_it(trained_run, fer20
     assert batch_axis.dim_param and not batch_axis.dim_value  # symbolic: any batch size
     metadata = {entry.key: entry.value for entry in model.metadata_props}
     assert ONNX_CONFIG_KEY in metadata and metadata[ONNX_WEIGHTS_KEY] == weights_sha256(trained_run)
+    # An export from before the data config was embedded: resolved from the embedded config, to the same values.
+    kept = [entry for entry in model.metadata_props if entry.key != ONNX_DATA_CONFIG_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(tmp_path / "older.onnx"))
+    assert json.dumps(load_classifier(onnx_path=tmp_path / "older.onnx").data_config, sort_keys=True) == \
+        json.dumps(json.loads(metadata[ONNX_DATA_CONFIG_KEY]), sort_keys=True)
 
     # Independently of the CLI's own check: other real faces, batch sizes 7 and 1.
     faces = [fer2013["validation"][i]["image"] for i in range(7)]

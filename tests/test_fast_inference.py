@@ -384,3 +384,55 @@ def test_exit_now_skips_the_collection_at_shutdown_and_keeps_status_and_output(e
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (3, "records")
     assert ("finalised" in done.stderr) is collected, done.stderr
+
+
+# ---- PyTorch without transformers (fer_hf.timm_module) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_chans", [3, 1])
+def test_the_timm_module_gives_the_transformers_models_logits_to_the_bit(tmp_path, in_chans):
+    """The PyTorch backend's module (timm alone) against `load_saved_model` (transformers): the same logits, the
+    same data config; on the shipped model (fp16 weights widened) and on a grayscale-input model saved in fp16."""
+    from fer_hf.modeling import build_model
+    from fer_hf.timm_module import data_config_of, load_timm_module
+
+    if in_chans == 3:
+        folder = DEFAULT_MODEL_DIR
+    else:
+        folder = tmp_path / "gray"
+        build_model("resnet18", pretrained=False, in_chans=1, image_size=48).to(torch.float16).save_pretrained(folder)
+    reference = load_saved_model(folder)
+    module, config = load_timm_module(folder)
+    assert next(module.parameters()).dtype == torch.float32 and not module.training
+    data_config = image_processor_for(reference.config).data_config
+    assert data_config_of(config) == data_config
+    pixels = torch.randn(5, *data_config["input_size"], generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(module(pixels), reference(pixel_values=pixels).logits)
+
+
+def test_weights_that_do_not_fit_the_config_are_named_by_the_timm_module(tmp_path):
+    from fer_hf.modeling import build_model
+    from fer_hf.timm_module import load_timm_module
+
+    build_model("resnet18", pretrained=False, image_size=48).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "architecture": "resnet34"}))
+    with pytest.raises(ModelFolderError, match=r"the weights do not fit its config\.json"):
+        load_timm_module(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "architecture": "no_such_net"}))
+    with pytest.raises(ModelFolderError, match=r"cannot build its model .*upgrade timm"):
+        load_timm_module(tmp_path)
+
+
+def test_the_pytorch_backend_never_imports_transformers():
+    """A second of start-up: `predict --backend pytorch` and `evaluate --backend pytorch` load torch and timm only."""
+    probe = ("import sys\nfrom fer_hf.inference.classifier import load_classifier\n"
+             "classifier = load_classifier(backend='pytorch', device='cpu')\n"
+             "import numpy as np\n"
+             "print(classifier.backend, classifier.logits(np.zeros((2, 3, 96, 96), np.float32)).shape)\n"
+             "print('LOADED', sorted(m for m in ('torch', 'timm', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pytorch (cpu) (2, 7)" in done.stdout and "LOADED ['timm', 'torch']" in done.stdout, done.stdout

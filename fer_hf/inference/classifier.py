@@ -6,8 +6,8 @@ Preprocessing is the evaluation transform used in training (`fer_hf.inference.pr
 Backends. `auto` (the default) runs a model folder on ONNX Runtime when it is installed and no NVIDIA GPU is in use:
 on a CPU it is several times faster than PyTorch for these small networks (`benchmarks/RESULTS.md`). The folder is
 exported once and cached (`fer_hf.inference.onnx_export.cached_onnx`), after which neither torch nor transformers is
-imported at all. `pytorch` keeps the model in PyTorch (the default on a GPU); if an export ever fails, `auto` says
-so and uses PyTorch.
+imported at all. `pytorch` keeps the model in PyTorch (the default on a GPU): the timm module alone, without
+transformers (`fer_hf.timm_module`); if an export ever fails, `auto` says so and uses PyTorch.
 """
 
 from __future__ import annotations
@@ -187,18 +187,18 @@ def checked_device(device: str):
 def _load_pytorch(model_dir: Path, device: str | None) -> FerClassifier:
     import torch
 
-    from fer_hf.modeling import image_processor_for, load_saved_model
+    from fer_hf.timm_module import data_config_of, load_timm_module
 
     device = checked_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    # fp32 whatever the stored dtype: the shipped model keeps fp16 weights to stay small.
-    model = load_saved_model(model_dir, dtype=torch.float32).to(device)
+    # The timm module alone (no transformers: a second of start-up); float32 whatever the stored dtype.
+    model, config = load_timm_module(model_dir, dtype=torch.float32)
+    model = model.to(device)
 
     @torch.inference_mode()
     def run(pixel_values: np.ndarray) -> np.ndarray:
-        return model(pixel_values=torch.from_numpy(pixel_values).to(device)).logits.float().cpu().numpy()
+        return model(torch.from_numpy(pixel_values).to(device)).float().cpu().numpy()
 
-    data_config = image_processor_for(model.config).data_config
-    return FerClassifier(read_model_config(model_dir), data_config, run, backend=f"pytorch ({device})", model=model)
+    return FerClassifier(config, data_config_of(config), run, backend=f"pytorch ({device})", model=model)
 
 
 def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | None,
@@ -235,11 +235,9 @@ def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | N
     if ONNX_DATA_CONFIG_KEY in metadata:
         data_config = json.loads(metadata[ONNX_DATA_CONFIG_KEY])
     else:  # exported before the data config was embedded: timm resolves it from the config (imports torch)
-        from transformers import TimmWrapperConfig
+        from fer_hf.timm_module import data_config_of
 
-        from fer_hf.modeling import image_processor_for
-
-        data_config = image_processor_for(TimmWrapperConfig.from_dict(config)).data_config
+        data_config = data_config_of(config)
     input_name = session.get_inputs()[0].name
 
     def run_one(pixel_values: np.ndarray) -> np.ndarray:

@@ -1,0 +1,65 @@
+"""A saved fer_hf model folder as a plain timm module, for inference: torch and timm, without transformers.
+
+A folder holds transformers' `TimmWrapperForImageClassification`, whose forward is `timm_model(pixel_values)` and
+whose weights are the timm module's under `timm_model.`. The same module built by timm from the folder's config and
+loaded with the same tensors gives the same logits to the bit, and not importing transformers (its package and the
+wrapper's modules) saves about a second of every PyTorch start-up: a third of `predict --backend pytorch`'s loading
+(`benchmarks/RESULTS.md`, issue 14). Training, release, export and the Hub keep the transformers model
+(`fer_hf.modeling`); `tests/test_fast_inference.py` checks that both give the same logits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fer_hf.model_files import LEGACY_WEIGHTS_FILE, WEIGHTS_FILE, ModelFolderError, label_names, read_model_config
+
+WRAPPER_PREFIX = "timm_model."  # where TimmWrapperForImageClassification keeps the timm module's weights
+
+
+def load_timm_module(model_dir: str | os.PathLike, dtype=None):
+    """(module in eval mode, the folder's config.json) for a saved model folder; `dtype`: a torch dtype, default
+    float32 whatever the stored dtype (the shipped model keeps fp16 weights to stay small).
+
+    The folder is checked first (`read_model_config`); weights that do not fit its config end in a
+    `ModelFolderError` naming the folder, as `fer_hf.modeling.load_saved_model` reports them. A folder with only
+    `pytorch_model.bin` is read with `torch.load(weights_only=True)` (transformers' default): a pickle cannot run code.
+    """
+    config = read_model_config(model_dir)
+    import timm
+    import torch
+
+    model_dir = Path(model_dir)
+    # As the wrapper builds it: its model_args, and a head for the labels (a stale num_classes in model_args aside).
+    model_args = {key: value for key, value in (config.get("model_args") or {}).items() if key != "num_classes"}
+    try:
+        model = timm.create_model(config["architecture"], pretrained=False, num_classes=len(label_names(config)),
+                                  **model_args)
+    except (RuntimeError, TypeError, KeyError) as err:  # an architecture or argument this timm does not know
+        raise ModelFolderError(f"{model_dir}: timm {timm.__version__} cannot build its model ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:300] if str(err) else ''}); upgrade timm "
+                               "(`pip install -U timm`) or check config.json.") from err
+    try:
+        if (model_dir / WEIGHTS_FILE).is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(model_dir / WEIGHTS_FILE))
+        else:
+            state = torch.load(model_dir / LEGACY_WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        # Loaded into float32 parameters: fp16 tensors are widened exactly, as from_pretrained(dtype=float32) does.
+        model.load_state_dict({key.removeprefix(WRAPPER_PREFIX): value for key, value in state.items()})
+    except Exception as err:  # size mismatches, missing keys (RuntimeError), refused pickles (UnpicklingError)...
+        raise ModelFolderError(f"{model_dir}: the weights do not fit its config.json ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0][:300] if str(err) else ''}).") from err
+    if dtype is not None and dtype != torch.float32:
+        model = model.to(dtype)
+    return model.eval(), config
+
+
+def data_config_of(config: dict) -> dict:
+    """The folder's evaluation data config (input size, interpolation, crop, mean, std), computed as the model's
+    image processor computes it (`TimmWrapperImageProcessor`: timm's `resolve_data_config` on its pretrained_cfg)."""
+    import timm.data
+
+    return timm.data.resolve_data_config(config.get("pretrained_cfg") or {}, model=None, verbose=False)
