@@ -3,8 +3,10 @@
 A folder holds transformers' `TimmWrapperForImageClassification`, whose forward is `timm_model(pixel_values)` and
 whose weights are the timm module's under `timm_model.`. The same module built by timm from the folder's config and
 loaded with the same tensors gives the same logits to the bit, and not importing transformers (its package and the
-wrapper's modules) saves about a second of every PyTorch start-up: a third of `predict --backend pytorch`'s loading
-(`benchmarks/RESULTS.md`, issue 14). Training, release, export and the Hub keep the transformers model
+wrapper's modules) saves 0.7-1.2 s of every PyTorch start-up: a fifth of `predict --backend pytorch`'s loading, a
+quarter of a one-photo run (`benchmarks/RESULTS.md`, issue 14). Unlike `from_pretrained`, which warns and initialises
+weights missing from the file at random, a folder whose weights do not fit is refused: an inference head must never
+be random. Training, release, export and the Hub keep the transformers model
 (`fer_hf.modeling`); `tests/test_fast_inference.py` checks that both give the same logits.
 """
 
@@ -27,16 +29,19 @@ def load_timm_module(model_dir: str | os.PathLike, dtype=None):
     `pytorch_model.bin` is read with `torch.load(weights_only=True)` (transformers' default): a pickle cannot run code.
     """
     config = read_model_config(model_dir)
+    model_dir = Path(model_dir)
+    if not isinstance(config.get("pretrained_cfg"), dict):  # the data config: without it no input can be prepared
+        raise ModelFolderError(f"{model_dir}: config.json has no pretrained_cfg (the input size, mean and std); the "
+                               "folder was not saved by fer_hf.train or fer_hf.release.")
     import timm
     import torch
 
-    model_dir = Path(model_dir)
     # As the wrapper builds it: its model_args, and a head for the labels (a stale num_classes in model_args aside).
     model_args = {key: value for key, value in (config.get("model_args") or {}).items() if key != "num_classes"}
     try:
         model = timm.create_model(config["architecture"], pretrained=False, num_classes=len(label_names(config)),
                                   **model_args)
-    except (RuntimeError, TypeError, KeyError) as err:  # an architecture or argument this timm does not know
+    except (RuntimeError, TypeError, ValueError, AssertionError, KeyError) as err:  # one this timm does not know
         raise ModelFolderError(f"{model_dir}: timm {timm.__version__} cannot build its model ({type(err).__name__}: "
                                f"{str(err).splitlines()[0][:300] if str(err) else ''}); upgrade timm "
                                "(`pip install -U timm`) or check config.json.") from err

@@ -423,6 +423,10 @@ def test_weights_that_do_not_fit_the_config_are_named_by_the_timm_module(tmp_pat
     (tmp_path / "config.json").write_text(json.dumps({**config, "architecture": "no_such_net"}))
     with pytest.raises(ModelFolderError, match=r"cannot build its model .*upgrade timm"):
         load_timm_module(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({key: value for key, value in config.items()
+                                                      if key != "pretrained_cfg"}))
+    with pytest.raises(ModelFolderError, match=r"has no pretrained_cfg"):
+        load_timm_module(tmp_path)
 
 
 def test_the_pytorch_backend_never_imports_transformers():

@@ -190,7 +190,7 @@ def _load_pytorch(model_dir: Path, device: str | None) -> FerClassifier:
     from fer_hf.timm_module import data_config_of, load_timm_module
 
     device = checked_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    # The timm module alone (no transformers: a second of start-up); float32 whatever the stored dtype.
+    # The timm module alone (no transformers: 0.7-1.2 s of start-up); float32 whatever the stored dtype.
     model, config = load_timm_module(model_dir, dtype=torch.float32)
     model = model.to(device)
 

@@ -44,7 +44,8 @@ class ExportParityError(RuntimeError):
 
 def export_onnx(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, opset: int = DEFAULT_OPSET,
                 model=None) -> Path:
-    """Write `onnx_path` from a saved model folder (or its already loaded PyTorch `model`): dynamic batch axis,
+    """Write `onnx_path` from a saved model folder (or its already loaded transformers model, `load_saved_model`'s:
+    not the timm module of a PyTorch `FerClassifier`): dynamic batch axis,
     config and data config embedded in the metadata. The file appears whole or not at all."""
     import onnx
     import torch
