@@ -24,6 +24,16 @@ class ModelFolderError(ValueError):
     """A folder that is not a usable fer_hf model: the message names it and says what is wrong."""
 
 
+def error_summary(err: BaseException) -> str:
+    """`Type: first line of the message` (300 characters at most): a library's error inside one of ours."""
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+
+
+def weights_misfit(model_dir: str | os.PathLike, err: BaseException) -> ModelFolderError:
+    """What both loaders (transformers' and the plain timm module) say of weights they cannot put in the model."""
+    return ModelFolderError(f"{model_dir}: the weights do not fit its config.json ({error_summary(err)}).")
+
+
 def read_model_config(model_dir: str | os.PathLike) -> dict:
     """The config.json of a saved fer_hf model folder (`fer_hf.train`'s output_dir, a checkpoint, the shipped model),
     after checking the folder is one.

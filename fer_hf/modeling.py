@@ -17,7 +17,7 @@ from timm.models import adapt_input_conv, get_pretrained_cfg, split_model_name_t
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, TimmWrapperImageProcessor
 
 from fer_hf.labels import id2label, label2id
-from fer_hf.model_files import DEFAULT_MODEL_DIR, ModelFolderError, read_model_config
+from fer_hf.model_files import DEFAULT_MODEL_DIR, ModelFolderError, read_model_config, weights_misfit
 from fer_hf.timm_module import load_timm_module
 from fer_hf.weights import resolve, timm_name
 
@@ -42,8 +42,7 @@ def load_saved_model(model_dir: str | os.PathLike, dtype: torch.dtype = torch.fl
     try:
         model = TimmWrapperForImageClassification.from_pretrained(model_dir, dtype=dtype)
     except Exception as err:  # size mismatches (RuntimeError), refused pickles (UnpicklingError), torch errors...
-        raise ModelFolderError(f"{model_dir}: the weights do not fit its config.json ({type(err).__name__}: "
-                               f"{str(err).splitlines()[0][:300]}).") from err
+        raise weights_misfit(model_dir, err) from err
     return model.eval()
 
 

@@ -15,7 +15,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fer_hf.model_files import LEGACY_WEIGHTS_FILE, WEIGHTS_FILE, ModelFolderError, label_names, read_model_config
+from fer_hf.model_files import (
+    LEGACY_WEIGHTS_FILE,
+    WEIGHTS_FILE,
+    ModelFolderError,
+    error_summary,
+    label_names,
+    read_model_config,
+    weights_misfit,
+)
 
 WRAPPER_PREFIX = "timm_model."  # where TimmWrapperForImageClassification keeps the timm module's weights
 
@@ -42,9 +50,8 @@ def load_timm_module(model_dir: str | os.PathLike, dtype=None):
         model = timm.create_model(config["architecture"], pretrained=False, num_classes=len(label_names(config)),
                                   **model_args)
     except (RuntimeError, TypeError, ValueError, AssertionError, KeyError) as err:  # one this timm does not know
-        raise ModelFolderError(f"{model_dir}: timm {timm.__version__} cannot build its model ({type(err).__name__}: "
-                               f"{str(err).splitlines()[0][:300] if str(err) else ''}); upgrade timm "
-                               "(`pip install -U timm`) or check config.json.") from err
+        raise ModelFolderError(f"{model_dir}: timm {timm.__version__} cannot build its model ({error_summary(err)}); "
+                               "upgrade timm (`pip install -U timm`) or check config.json.") from err
     try:
         if (model_dir / WEIGHTS_FILE).is_file():
             from safetensors.torch import load_file
@@ -55,8 +62,7 @@ def load_timm_module(model_dir: str | os.PathLike, dtype=None):
         # Loaded into float32 parameters: fp16 tensors are widened exactly, as from_pretrained(dtype=float32) does.
         model.load_state_dict({key.removeprefix(WRAPPER_PREFIX): value for key, value in state.items()})
     except Exception as err:  # size mismatches, missing keys (RuntimeError), refused pickles (UnpicklingError)...
-        raise ModelFolderError(f"{model_dir}: the weights do not fit its config.json ({type(err).__name__}: "
-                               f"{str(err).splitlines()[0][:300] if str(err) else ''}).") from err
+        raise weights_misfit(model_dir, err) from err
     if dtype is not None and dtype != torch.float32:
         model = model.to(dtype)
     return model.eval(), config

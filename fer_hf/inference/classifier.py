@@ -27,7 +27,7 @@ from PIL import Image
 from fer_hf.inference.background import chunks, read_ahead
 from fer_hf.inference.onnx_export import ONNX_CONFIG_KEY, ONNX_DATA_CONFIG_KEY, ONNX_WEIGHTS_KEY, cached_onnx
 from fer_hf.inference.preprocess import TTA_MODES, VIEWS_PER_FACE, FacePreprocessor, check_tta
-from fer_hf.model_files import DEFAULT_MODEL_DIR, label_names, read_model_config
+from fer_hf.model_files import DEFAULT_MODEL_DIR, error_summary, label_names, read_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +116,7 @@ def load_classifier(
         except Exception as err:  # an export torch or ONNX cannot do; `auto` must never be worse than PyTorch
             if backend != "auto":
                 raise
-            logger.warning("%s: could not run it on ONNX Runtime (%s: %s); using PyTorch.", model_dir,
-                           type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "")
+            logger.warning("%s: could not run it on ONNX Runtime (%s); using PyTorch.", model_dir, error_summary(err))
     return _load_pytorch(model_dir, device)
 
 
