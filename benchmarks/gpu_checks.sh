@@ -7,8 +7,8 @@
 #   recipe      the paper's ResNet-50 recipe (configs/paper_resnet50.yaml: 30 epochs, 224 px, Adafactor, batch 64)
 #               end to end, timed. The issue's target is one 10-minute run.
 # Measured on an H200 on 2026-12-01 (benchmarks/RESULTS.md, "GPU (H200)"): throughput 233 s with the data preparation;
-# the recipe reached epoch 13 of 30 in 505 s, so a full run needs about 20 minutes: two sessions' worth, or a
-# RECIPE_ARGS of fewer epochs.
+# the recipe reached epoch 13 of 30 in 505 s, so a full run needs about 20 minutes, more than a session's device time
+# (its checkpoints do not come back to resume from): time it with a RECIPE_ARGS of fewer epochs, or make it faster.
 #
 #   bash benchmarks/gpu_checks.sh STAGE [OUT_DIR] [PRETRAINED]
 #

@@ -46,6 +46,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loading import archive_path, format_loading, measure_loading, write_csv  # noqa: E402
 
+from fer_hf.allocator import keep_freed_memory  # noqa: E402
 from fer_hf.data.load import decode_faces, load_fer2013  # noqa: E402
 from fer_hf.data.pipeline import build_pipeline, resolve_augment_on  # noqa: E402
 from fer_hf.data.transforms import AugmentationConfig, image_mode  # noqa: E402
@@ -422,6 +423,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--csv", type=Path, default=None, help="fer2013.csv for --loading (default: written)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--smoke", action="store_true", help="a few steps on synthetic faces (tests)")
+    parser.add_argument("--page_faults", action="store_true",
+                        help="on a CPU, leave glibc handing freed memory back (as fer_hf.train did before it kept it)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.dataset = args.dataset or "synthetic"
@@ -436,6 +439,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as fer_hf.train sets it on a GPU, for (a), (b) and (c)
+    elif not args.page_faults:
+        keep_freed_memory()  # as fer_hf.train does on a CPU, for (a), (b) and (c)
     torch.manual_seed(0)
     load_start = os.getloadavg()
 

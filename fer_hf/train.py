@@ -21,6 +21,7 @@ import transformers
 from transformers import set_seed
 
 from fer_hf import cli
+from fer_hf.allocator import keep_freed_memory
 from fer_hf.config import parse_args, save_arguments
 from fer_hf.data.load import load_fer2013
 from fer_hf.data.pipeline import build_pipeline
@@ -120,6 +121,7 @@ def run(model_args, data_args, training_args, command: list[str]) -> dict[str, f
     training_args.remove_unused_columns = False
     if training_args.device.type == "cpu":
         training_args.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
+        keep_freed_memory()  # else every step page-faults its activations in again (fer_hf.allocator)
     elif training_args.dataloader_pin_memory:
         training_args.accelerator_config.non_blocking = True  # copy the next batch while the GPU computes
     if training_args.device.type == "cuda" and not training_args.full_determinism:

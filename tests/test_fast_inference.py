@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from fer_hf import predict as fer_predict
+from fer_hf.allocator import keep_freed_memory
 from fer_hf.inference import classifier as classifier_module
 from fer_hf.inference import onnx_export
 from fer_hf.inference import predictor as predictor_module
@@ -440,3 +441,96 @@ def test_the_pytorch_backend_never_imports_transformers():
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pytorch (cpu) (2, 7)" in done.stdout and "LOADED ['timm', 'torch']" in done.stdout, done.stdout
+
+
+# ---- running the model at the speed it runs alone ---------------------------------------------------------------
+
+
+def test_onnx_runtime_runs_a_large_batch_in_cache_sized_pieces(faces_and_reference, monkeypatch):
+    """A batch of more than MAX_RUN faces goes to ONNX Runtime in runs of at most MAX_RUN (each run's activations
+    stay in the cache), whether split across the threads or run whole; the logits are those of face-by-face runs."""
+    import onnxruntime
+
+    faces, _ = faces_and_reference
+    classifier = load_classifier(backend="onnxruntime", threads=2)
+    pixels = classifier.preprocess(faces[:45])[:, 0]
+    one_by_one = np.concatenate([classifier.logits(pixels[i: i + 1]) for i in range(len(pixels))])
+    sizes = []
+    run = onnxruntime.InferenceSession.run
+
+    def recording(self, outputs, feed, *args, **kwargs):
+        sizes.append(len(next(iter(feed.values()))))
+        return run(self, outputs, feed, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", recording)
+    for whole in (True, False):
+        sizes.clear()
+        logits = classifier.logits(pixels, whole=whole)
+        assert sum(sizes) == len(pixels) and max(sizes) <= classifier_module.MAX_RUN
+        np.testing.assert_allclose(logits, one_by_one, atol=1e-5)
+
+
+def test_predict_runs_a_pytorch_model_on_its_own_thread(tmp_path):
+    """PyTorch on a CPU runs a third slower from a thread other than the one that waits for it (its OpenMP workers):
+    predict runs a PyTorch model (one batch at a time) on the calling thread, other models on threads of their own;
+    the records are the same and in order either way."""
+    from fer_hf.inference.predictor import predict_images
+
+    predictor, _, files = _stub_predictor(tmp_path, 40)
+    classifier = predictor.classifier
+    for model, streams, expected in ((object(), 1, {threading.main_thread().name}), (None, 1, {"fer_hf-model"}),
+                                     (object(), 2, {"fer_hf-model"})):
+        threads = set()
+        classifier.model, classifier.streams = model, streams
+        run = classifier._run
+
+        def spying(pixels, run=run, threads=threads):
+            threads.add(threading.current_thread().name.rsplit("_", 1)[0])
+            return run(pixels)
+
+        classifier._run = classifier._run_whole = spying
+        records = list(predict_images(predictor, files, batch_size=8))
+        classifier._run = run
+        assert threads == expected, (model, streams)
+        assert [r["faces"][0]["label"] for r in records] == [LABEL_NAMES[i % 7] for i in range(len(files))]
+
+
+KEEP_PROBE = """
+import resource, sys, numpy as np, torch
+from fer_hf.inference.classifier import load_classifier
+from fer_hf.allocator import keep_freed_memory
+torch.set_num_threads(1)
+classifier = load_classifier(backend="pytorch", device="cpu") if sys.argv[1] == "load" else None
+if classifier is None:
+    from fer_hf.timm_module import load_timm_module
+    from fer_hf.model_files import DEFAULT_MODEL_DIR
+    model = load_timm_module(DEFAULT_MODEL_DIR, dtype=torch.float32)[0]
+    run = lambda x: model(torch.from_numpy(x)).numpy()
+else:
+    run = classifier.logits
+size = 96
+batch = np.random.default_rng(0).standard_normal((32, 3, size, size), dtype=np.float32)
+with torch.inference_mode():
+    run(batch)
+    faults = []
+    for _ in range(6):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        run(batch)
+        faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 32)
+print(np.median(faults))  # a batch now and then still grows the heap
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator setting (mallopt) is Linux's")
+def test_the_pytorch_backend_keeps_freed_memory_instead_of_faulting_it_in_again():
+    """glibc hands each batch's freed activations back to the system, so PyTorch page-faults them in again at the
+    next batch (over a thousand faults a face with the shipped model); the PyTorch backend on a CPU has the process
+    keep them: next to no faults in most batches after the first. Fresh processes: the setting is process-wide."""
+    faults = {}
+    for how in ("plain", "load"):
+        done = subprocess.run([sys.executable, "-c", KEEP_PROBE, how], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        faults[how] = float(done.stdout.split()[-1])
+    assert faults["plain"] > 200 and faults["load"] < 50, faults
+    assert keep_freed_memory()

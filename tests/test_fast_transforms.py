@@ -286,17 +286,22 @@ def test_real_faces_decode(fer2013):
 
 
 @pytest.mark.slow
-def test_train_entry_point_on_the_device_path(tmp_path):
-    """`--augment_on device` end to end: uint8 batches reach the trainer, which finishes them on the device."""
+def test_train_entry_point_on_the_device_path(tmp_path, monkeypatch):
+    """`--augment_on device` end to end: uint8 batches reach the trainer, which finishes them on the device. On a
+    CPU the process keeps the memory it frees (`fer_hf.allocator`), set once before training."""
+    import fer_hf.train as train
     from conftest import TINY_TRAIN_ARGS
     from fer_hf.train import main
 
+    kept = []
+    monkeypatch.setattr(train, "keep_freed_memory", lambda: kept.append(True) or True)
     results = main([*TINY_TRAIN_ARGS, "--synthetic_train_size", "128", "--synthetic_eval_size", "64",
                     "--num_train_epochs", "1", "--augment_on", "device", "--output_dir", str(tmp_path)])
     assert 0 <= results["test_accuracy"] <= 1
     assert (tmp_path / "args.yaml").read_text().count("augment_on: device") == 1
     report = json.loads((tmp_path / "confusion_matrix_test.json").read_text())
     assert sum(map(sum, report["matrix"])) == 64  # every test image once
+    assert kept == [True]
 
 
 @pytest.mark.slow

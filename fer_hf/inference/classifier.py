@@ -4,10 +4,11 @@ Preprocessing is the evaluation transform used in training (`fer_hf.inference.pr
 `val_transforms` to the bit), so a face scored here is scored exactly as the validation split was.
 
 Backends. `auto` (the default) runs a model folder on ONNX Runtime when it is installed and no NVIDIA GPU is in use:
-on a CPU it is several times faster than PyTorch for these small networks (`benchmarks/RESULTS.md`). The folder is
+on a CPU it is about three times as fast as PyTorch for these small networks (`benchmarks/RESULTS.md`). The folder is
 exported once and cached (`fer_hf.inference.onnx_export.cached_onnx`), after which neither torch nor transformers is
 imported at all. `pytorch` keeps the model in PyTorch (the default on a GPU): the timm module alone, without
-transformers (`fer_hf.timm_module`); if an export ever fails, `auto` says so and uses PyTorch.
+transformers (`fer_hf.timm_module`); if an export ever fails, `auto` says so and uses PyTorch. Loading a PyTorch model
+onto a CPU has the process keep the memory it frees (`fer_hf.allocator`: process-wide), 1.5-3x its speed here.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ BACKENDS = ("auto", "onnxruntime", "pytorch")
 BACKEND_HELP = ("auto (ONNX Runtime on a CPU when installed: a model folder is exported once and cached; PyTorch on a "
                 "GPU), onnxruntime or pytorch.")  # the --backend of predict and evaluate
 MIN_SPLIT = 4  # faces per concurrent ONNX Runtime run, at least
+# Faces per ONNX Runtime run, at most: a larger batch runs as several. Measured on the 2-core VM with the shipped 96 px
+# model, one thread: 830-880 core-microseconds a face in runs of 4 to 16 faces, 940-1,030 in runs of 32, 1,090-1,170 in
+# runs of 64 (presumably the activations of a larger run no longer stay in the cache between layers).
+MAX_RUN = 8
 
 
 class FerClassifier:
@@ -186,9 +191,12 @@ def checked_device(device: str):
 def _load_pytorch(model_dir: Path, device: str | None) -> FerClassifier:
     import torch
 
+    from fer_hf.allocator import keep_freed_memory
     from fer_hf.timm_module import data_config_of, load_timm_module
 
     device = checked_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        keep_freed_memory()  # else every batch page-faults its activations in again: half of PyTorch's time or more
     # The timm module alone (no transformers: 0.7-1.2 s of start-up); float32 whatever the stored dtype.
     model, config = load_timm_module(model_dir, dtype=torch.float32)
     model = model.to(device)
@@ -240,7 +248,10 @@ def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | N
     input_name = session.get_inputs()[0].name
 
     def run_one(pixel_values: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_name: pixel_values})[0]
+        if len(pixel_values) <= MAX_RUN:
+            return session.run(None, {input_name: pixel_values})[0]
+        return np.concatenate([session.run(None, {input_name: pixel_values[i: i + MAX_RUN]})[0]
+                               for i in range(0, len(pixel_values), MAX_RUN)])
 
     pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="fer_hf-onnx") if threads > 1 else None
 

@@ -222,11 +222,17 @@ def predict_images(
 
     progress = progress_bar(len(files), unit="image", desc="predict") if len(files) > 1 else _NoBar()
     try:
-        # The model runs in threads of its own, `streams` whole batches at once, while this one writes the records
-        # of the last: a batch split across threads waits for its slowest part, which the reader's thread slowed.
         with closing(batches()) as loaded:
-            for pending, probabilities in read_ahead(classify, loaded, depth=streams, workers=streams,
-                                                     name="fer_hf-model"):
+            if predictor.classifier.model is not None and streams == 1:
+                # A PyTorch model runs on this thread: on a CPU, run from any other thread it took a third longer
+                # (measured; the cause is not pinned down), far more than writing the records after it costs.
+                classified = map(classify, loaded)
+            else:
+                # The model runs in threads of its own, `streams` whole batches at once, while this one writes the
+                # records of the last: a batch split across threads waits for its slowest part, which the reader's
+                # thread slowed.
+                classified = read_ahead(classify, loaded, depth=streams, workers=streams, name="fer_hf-model")
+            for pending, probabilities in classified:
                 faces = predictor.records([box for _, boxes, _, _, _ in pending for box in boxes], probabilities,
                                           [scale for _, boxes, _, scale, _ in pending for _ in boxes])
                 start = 0
