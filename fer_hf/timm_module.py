@@ -13,6 +13,7 @@ be random. Training, release, export and the Hub keep the transformers model
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from fer_hf.model_files import (
@@ -26,6 +27,10 @@ from fer_hf.model_files import (
 )
 
 WRAPPER_PREFIX = "timm_model."  # where TimmWrapperForImageClassification keeps the timm module's weights
+# Packages `import timm` imports whenever they are installed, for timm's own training scripts, and inference never
+# uses: timm.utils' summary imports wandb (an install of ours has it, for sweeps) to log runs, 0.4 s of the PyTorch
+# backend's 2.9 s of loading on the 2-core VM.
+NOT_FOR_INFERENCE = ("wandb",)
 
 
 def load_timm_module(model_dir: str | os.PathLike, dtype=None):
@@ -41,7 +46,7 @@ def load_timm_module(model_dir: str | os.PathLike, dtype=None):
     if not isinstance(config.get("pretrained_cfg"), dict):  # the data config: without it no input can be prepared
         raise ModelFolderError(f"{model_dir}: config.json has no pretrained_cfg (the input size, mean and std); the "
                                "folder was not saved by fer_hf.train or fer_hf.release.")
-    import timm
+    timm = import_timm()
     import torch
 
     # As the wrapper builds it: its model_args, and a head for the labels (a stale num_classes in model_args aside).
@@ -68,9 +73,28 @@ def load_timm_module(model_dir: str | os.PathLike, dtype=None):
     return model.eval(), config
 
 
+def import_timm():
+    """timm with `timm.data`, imported without NOT_FOR_INFERENCE: where timm is not imported yet, those packages read
+    as not installed for that one import (timm imports them under `try`), and import as usual afterwards. A package
+    already imported is left as it is. Called while loading, before predict starts a thread of its own."""
+    if "timm.data" in sys.modules:
+        return sys.modules["timm"]
+    hidden = [name for name in NOT_FOR_INFERENCE if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # `import name` raises ImportError
+    try:
+        import timm
+        import timm.data  # noqa: F401
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+    return timm
+
+
 def data_config_of(config: dict) -> dict:
     """The folder's evaluation data config (input size, interpolation, crop, mean, std), computed as the model's
     image processor computes it (`TimmWrapperImageProcessor`: timm's `resolve_data_config` on its pretrained_cfg)."""
-    import timm.data
+    timm = import_timm()
 
     return timm.data.resolve_data_config(config.get("pretrained_cfg") or {}, model=None, verbose=False)

@@ -431,16 +431,31 @@ def test_weights_that_do_not_fit_the_config_are_named_by_the_timm_module(tmp_pat
 
 
 def test_the_pytorch_backend_never_imports_transformers():
-    """A second of start-up: `predict --backend pytorch` and `evaluate --backend pytorch` load torch and timm only."""
+    """A second of start-up: `predict --backend pytorch` and `evaluate --backend pytorch` load torch and timm only,
+    not transformers nor the wandb that `import timm` would pull in (installed here, for sweeps); wandb still
+    imports afterwards."""
     probe = ("import sys\nfrom fer_hf.inference.classifier import load_classifier\n"
              "classifier = load_classifier(backend='pytorch', device='cpu')\n"
              "import numpy as np\n"
              "print(classifier.backend, classifier.logits(np.zeros((2, 3, 96, 96), np.float32)).shape)\n"
-             "print('LOADED', sorted(m for m in ('torch', 'timm', 'transformers') if m in sys.modules))")
+             "print('LOADED', sorted(m for m in ('torch', 'timm', 'transformers', 'wandb') if m in sys.modules))\n"
+             "import wandb\nprint('THEN', wandb.__name__)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pytorch (cpu) (2, 7)" in done.stdout and "LOADED ['timm', 'torch']" in done.stdout, done.stdout
+    assert "THEN wandb" in done.stdout
+
+
+def test_a_wandb_imported_before_the_pytorch_backend_stays_as_it_is():
+    """Where wandb is already imported (a sweep's process), loading the PyTorch backend leaves it alone."""
+    probe = ("import sys, wandb\nfrom fer_hf.inference.classifier import load_classifier\n"
+             "before = sys.modules['wandb']\nload_classifier(backend='pytorch', device='cpu')\n"
+             "print('SAME', sys.modules['wandb'] is before and 'timm' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "SAME True" in done.stdout, done.stdout
 
 
 # ---- running the model at the speed it runs alone ---------------------------------------------------------------
