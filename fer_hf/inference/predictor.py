@@ -224,8 +224,9 @@ def predict_images(
     try:
         with closing(batches()) as loaded:
             if predictor.classifier.model is not None and streams == 1:
-                # A PyTorch model runs on this thread: on a CPU, run from any other thread it took a third longer
-                # (measured; the cause is not pinned down), far more than writing the records after it costs.
+                # A PyTorch model runs on this thread: on a CPU, run from any other thread it took a third longer, far
+                # more than writing the records after it costs (GNU OpenMP's workers then sleep between operations
+                # instead of spinning, as with OMP_WAIT_POLICY=PASSIVE, which slows this thread as much).
                 classified = map(classify, loaded)
             else:
                 # The model runs in threads of its own, `streams` whole batches at once, while this one writes the
