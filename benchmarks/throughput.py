@@ -439,8 +439,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as fer_hf.train sets it on a GPU, for (a), (b) and (c)
-    elif not args.page_faults:
-        keep_freed_memory()  # as fer_hf.train does on a CPU, for (a), (b) and (c)
+    # As fer_hf.train does on a CPU, for (a), (b) and (c); recorded, since it can be refused (fer_hf.allocator).
+    kept_freed_memory = device.type == "cpu" and not args.page_faults and keep_freed_memory()
     torch.manual_seed(0)
     load_start = os.getloadavg()
 
@@ -488,7 +488,8 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else f"main({argv})",
         "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                    "device": str(device), "fer_hf_augment_on": resolve_augment_on(args.augment_on, device),
-                   "dataset": str(source), "train_images": len(dataset["train"]), "eval_images": eval_count},
+                   "dataset": str(source), "train_images": len(dataset["train"]), "eval_images": eval_count,
+                   "kept_freed_memory": kept_freed_memory},
         "machine": {**machine_info(device), "load_average_start": load_start},
         "versions": versions(),
     }

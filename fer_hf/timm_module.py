@@ -76,7 +76,8 @@ def load_timm_module(model_dir: str | os.PathLike, dtype=None):
 def import_timm():
     """timm with `timm.data`, imported without NOT_FOR_INFERENCE: where timm is not imported yet, those packages read
     as not installed for that one import (timm imports them under `try`), and import as usual afterwards. A package
-    already imported is left as it is. Called while loading, before predict starts a thread of its own."""
+    already imported is left as it is. Meant for the thread that loads the model, at start-up: an `import wandb` on
+    another thread during timm's import would find it missing (predict starts its threads after loading)."""
     if "timm.data" in sys.modules:
         return sys.modules["timm"]
     hidden = [name for name in NOT_FOR_INFERENCE if name not in sys.modules]

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+from fer_hf import allocator
 from fer_hf import predict as fer_predict
-from fer_hf.allocator import keep_freed_memory
 from fer_hf.inference import classifier as classifier_module
 from fer_hf.inference import onnx_export
 from fer_hf.inference import predictor as predictor_module
@@ -462,12 +462,15 @@ def test_a_wandb_imported_before_the_pytorch_backend_stays_as_it_is():
 
 
 def test_onnx_runtime_runs_a_large_batch_in_cache_sized_pieces(faces_and_reference, monkeypatch):
-    """A batch of more than MAX_RUN faces goes to ONNX Runtime in runs of at most MAX_RUN (each run's activations
-    stay in the cache), whether split across the threads or run whole; the logits are those of face-by-face runs."""
+    """On a CPU, a batch of more than RUN_PIXELS of input goes to ONNX Runtime in runs of at most that (8 faces of the
+    shipped 96 px model: their activations stay in the cache): run whole in order, or split across the two threads
+    first; the logits are those of face-by-face runs."""
     import onnxruntime
 
     faces, _ = faces_and_reference
     classifier = load_classifier(backend="onnxruntime", threads=2)
+    assert tuple(classifier.data_config["input_size"][1:]) == (96, 96)
+    assert classifier_module.RUN_PIXELS // (96 * 96) == 8
     pixels = classifier.preprocess(faces[:45])[:, 0]
     one_by_one = np.concatenate([classifier.logits(pixels[i: i + 1]) for i in range(len(pixels))])
     sizes = []
@@ -478,35 +481,38 @@ def test_onnx_runtime_runs_a_large_batch_in_cache_sized_pieces(faces_and_referen
         return run(self, outputs, feed, *args, **kwargs)
 
     monkeypatch.setattr(onnxruntime.InferenceSession, "run", recording)
-    for whole in (True, False):
+    for whole, expected in ((True, [8, 8, 8, 8, 8, 5]), (False, [6, 7, 8, 8, 8, 8])):  # split: 23 + 22 faces
         sizes.clear()
         logits = classifier.logits(pixels, whole=whole)
-        assert sum(sizes) == len(pixels) and max(sizes) <= classifier_module.MAX_RUN
+        assert (sizes if whole else sorted(sizes)) == expected
         np.testing.assert_allclose(logits, one_by_one, atol=1e-5)
 
 
-def test_predict_runs_a_pytorch_model_on_its_own_thread(tmp_path):
-    """PyTorch on a CPU runs a third slower from a thread other than the one that waits for it (its OpenMP workers):
-    predict runs a PyTorch model (one batch at a time) on the calling thread, other models on threads of their own;
-    the records are the same and in order either way."""
+def test_predict_runs_a_pytorch_model_on_a_cpu_on_the_calling_thread(tmp_path):
+    """PyTorch on a CPU runs a third slower from a thread other than the one that waits for it (GNU OpenMP): predict
+    runs such a model (one batch at a time) on the calling thread; a PyTorch model on a GPU, ONNX Runtime, and
+    several batches at once run on threads of their own. The records are the same and in order either way."""
     from fer_hf.inference.predictor import predict_images
 
     predictor, _, files = _stub_predictor(tmp_path, 40)
     classifier = predictor.classifier
-    for model, streams, expected in ((object(), 1, {threading.main_thread().name}), (None, 1, {"fer_hf-model"}),
-                                     (object(), 2, {"fer_hf-model"})):
+    run, run_whole = classifier._run, classifier._run_whole
+    main, own = {threading.main_thread().name}, {"fer_hf-model"}
+    for model, device, streams, expected in ((object(), "cpu", 1, main), (object(), "cuda", 1, own),
+                                             (None, "cpu", 1, own), (object(), "cpu", 2, own)):
         threads = set()
-        classifier.model, classifier.streams = model, streams
-        run = classifier._run
+        classifier.model, classifier.device, classifier.streams = model, device, streams
 
-        def spying(pixels, run=run, threads=threads):
+        def spying(pixels, threads=threads):
             threads.add(threading.current_thread().name.rsplit("_", 1)[0])
             return run(pixels)
 
         classifier._run = classifier._run_whole = spying
-        records = list(predict_images(predictor, files, batch_size=8))
-        classifier._run = run
-        assert threads == expected, (model, streams)
+        try:
+            records = list(predict_images(predictor, files, batch_size=8))
+        finally:
+            classifier._run, classifier._run_whole = run, run_whole
+        assert threads == expected, (model, device, streams)
         assert [r["faces"][0]["label"] for r in records] == [LABEL_NAMES[i % 7] for i in range(len(files))]
 
 
@@ -548,4 +554,40 @@ def test_the_pytorch_backend_keeps_freed_memory_instead_of_faulting_it_in_again(
         assert done.returncode == 0, done.stderr[-2000:]
         faults[how] = float(done.stdout.split()[-1])
     assert faults["plain"] > 200 and faults["load"] < 50, faults
-    assert keep_freed_memory()
+
+
+class _FakeLibc:
+    """A C library whose mallopt refuses mmap thresholds above `most` (older glibc: 32 MiB), recording its calls."""
+
+    def __init__(self, most: int | None):
+        self.calls, self.most = [], most
+
+    @property
+    def mallopt(self):
+        def mallopt(parameter, value):
+            self.calls.append((parameter, value))
+            return int(self.most is not None and (parameter != allocator.M_MMAP_THRESHOLD or value <= self.most))
+        return mallopt
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator setting (mallopt) is Linux's")
+def test_keep_freed_memory_falls_back_on_older_glibc_and_stands_aside_when_told(monkeypatch):
+    """Older glibc refuses a 1 GiB mmap threshold: 32 MiB is set instead, then the trim threshold and the arenas. A C
+    library that takes none (musl) gets nothing else set. FER_HF_KEEP_FREED_MEMORY=0, or the user's own malloc
+    settings in the environment, leave the allocator alone (mallopt is not called)."""
+    for most, expected in ((1 << 25, True), (None, False), (1 << 40, True)):
+        libc = _FakeLibc(most)
+        monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name, libc=libc: libc)
+        for name in (allocator.OPT_OUT, *allocator.USER_MALLOC_SETTINGS, "GLIBC_TUNABLES"):
+            monkeypatch.delenv(name, raising=False)
+        assert allocator.keep_freed_memory() is expected
+        thresholds = [allocator.KEEP_FREED_BYTES] + ([allocator.OLD_GLIBC_MMAP_MAX] if most != 1 << 40 else [])
+        rest = [(allocator.M_TRIM_THRESHOLD, allocator.KEEP_FREED_BYTES), (allocator.M_ARENA_MAX, 1)] * expected
+        assert libc.calls == [(allocator.M_MMAP_THRESHOLD, value) for value in thresholds] + rest
+    for name, value in ((allocator.OPT_OUT, "0"), ("MALLOC_ARENA_MAX", "2"),
+                        ("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")):
+        libc = _FakeLibc(1 << 40)
+        monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name, libc=libc: libc)
+        monkeypatch.setenv(name, value)
+        assert allocator.keep_freed_memory() is False and libc.calls == []
+        monkeypatch.delenv(name)

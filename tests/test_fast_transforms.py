@@ -301,7 +301,7 @@ def test_train_entry_point_on_the_device_path(tmp_path, monkeypatch):
     assert (tmp_path / "args.yaml").read_text().count("augment_on: device") == 1
     report = json.loads((tmp_path / "confusion_matrix_test.json").read_text())
     assert sum(map(sum, report["matrix"])) == 64  # every test image once
-    assert kept == [True]
+    assert kept == ([] if torch.cuda.is_available() else [True])  # the tiny run trains on the CPU where no GPU is
 
 
 @pytest.mark.slow

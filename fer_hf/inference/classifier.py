@@ -39,10 +39,11 @@ BACKENDS = ("auto", "onnxruntime", "pytorch")
 BACKEND_HELP = ("auto (ONNX Runtime on a CPU when installed: a model folder is exported once and cached; PyTorch on a "
                 "GPU), onnxruntime or pytorch.")  # the --backend of predict and evaluate
 MIN_SPLIT = 4  # faces per concurrent ONNX Runtime run, at least
-# Faces per ONNX Runtime run, at most: a larger batch runs as several. Measured on the 2-core VM with the shipped 96 px
-# model, one thread: 830-880 core-microseconds a face in runs of 4 to 16 faces, 940-1,030 in runs of 32, 1,090-1,170 in
-# runs of 64 (presumably the activations of a larger run no longer stay in the cache between layers).
-MAX_RUN = 8
+# Input pixels per ONNX Runtime run on a CPU, at most (8 faces at 96 px, 32 at 48, 1 at 224): a larger batch runs as
+# several. Measured on the 2-core VM with the shipped 96 px model, one thread: 830-880 core-microseconds a face in runs
+# of 4 to 16 faces, 940-1,030 in runs of 32, 1,090-1,170 in runs of 64 (presumably the activations of a larger run no
+# longer stay in the cache between layers; they grow with the input's pixels).
+RUN_PIXELS = 8 * 96 * 96
 
 
 class FerClassifier:
@@ -57,11 +58,13 @@ class FerClassifier:
         model=None,
         streams: int = 1,
         run_whole: Callable[[np.ndarray], np.ndarray] | None = None,
+        device: str = "cpu",
     ):
         self.config = config  # the model's config.json
         self.data_config = dict(data_config)
         self.model = model  # the PyTorch module behind `run`, when there is one
         self.backend = backend
+        self.device = device  # where the model runs: "cpu", else a torch device type or ONNX Runtime provider
         # Batches worth running at once, each by `logits(..., whole=True)` (ONNX Runtime: one per thread, one thread
         # each); `run` alone splits one batch across them.
         self.streams = streams
@@ -205,7 +208,8 @@ def _load_pytorch(model_dir: Path, device: str | None) -> FerClassifier:
     def run(pixel_values: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(pixel_values).to(device)).float().cpu().numpy()
 
-    return FerClassifier(config, data_config_of(config), run, backend=f"pytorch ({device})", model=model)
+    return FerClassifier(config, data_config_of(config), run, backend=f"pytorch ({device})", model=model,
+                         device=device.type)
 
 
 def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | None,
@@ -246,12 +250,15 @@ def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | N
 
         data_config = data_config_of(config)
     input_name = session.get_inputs()[0].name
+    height, width = data_config["input_size"][1:]
+    on_cpu = session.get_providers()[0] == "CPUExecutionProvider"
+    max_run = max(1, RUN_PIXELS // (height * width)) if on_cpu else None
 
     def run_one(pixel_values: np.ndarray) -> np.ndarray:
-        if len(pixel_values) <= MAX_RUN:
+        if max_run is None or len(pixel_values) <= max_run:
             return session.run(None, {input_name: pixel_values})[0]
-        return np.concatenate([session.run(None, {input_name: pixel_values[i: i + MAX_RUN]})[0]
-                               for i in range(0, len(pixel_values), MAX_RUN)])
+        return np.concatenate([session.run(None, {input_name: pixel_values[i: i + max_run]})[0]
+                               for i in range(0, len(pixel_values), max_run)])
 
     pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="fer_hf-onnx") if threads > 1 else None
 
@@ -264,7 +271,8 @@ def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | N
         return np.concatenate([run_one(parts[0]), *(future.result() for future in others)])
 
     return FerClassifier(config, data_config, run, backend=f"onnxruntime ({session.get_providers()[0]}, "
-                         f"{threads} thread{'s' if threads > 1 else ''})", streams=threads, run_whole=run_one)
+                         f"{threads} thread{'s' if threads > 1 else ''})", streams=threads, run_whole=run_one,
+                         device="cpu" if on_cpu else session.get_providers()[0])
 
 
 def _check_same_model(path: Path, model_dir: str | os.PathLike, metadata: dict) -> None:

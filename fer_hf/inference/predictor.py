@@ -223,8 +223,8 @@ def predict_images(
     progress = progress_bar(len(files), unit="image", desc="predict") if len(files) > 1 else _NoBar()
     try:
         with closing(batches()) as loaded:
-            if predictor.classifier.model is not None and streams == 1:
-                # A PyTorch model runs on this thread: on a CPU, run from any other thread it took a third longer, far
+            if predictor.classifier.model is not None and predictor.classifier.device == "cpu" and streams == 1:
+                # A PyTorch model on a CPU runs on this thread: run from any other thread it took a third longer, far
                 # more than writing the records after it costs (GNU OpenMP's workers then sleep between operations
                 # instead of spinning, as with OMP_WAIT_POLICY=PASSIVE, which slows this thread as much).
                 classified = map(classify, loaded)
