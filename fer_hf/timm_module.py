@@ -96,6 +96,4 @@ def import_timm():
 def data_config_of(config: dict) -> dict:
     """The folder's evaluation data config (input size, interpolation, crop, mean, std), computed as the model's
     image processor computes it (`TimmWrapperImageProcessor`: timm's `resolve_data_config` on its pretrained_cfg)."""
-    timm = import_timm()
-
-    return timm.data.resolve_data_config(config.get("pretrained_cfg") or {}, model=None, verbose=False)
+    return import_timm().data.resolve_data_config(config.get("pretrained_cfg") or {}, model=None, verbose=False)

@@ -387,6 +387,15 @@ def test_exit_now_skips_the_collection_at_shutdown_and_keeps_status_and_output(e
     assert ("finalised" in done.stderr) is collected, done.stderr
 
 
+def _probe(code: str, *args: str) -> str:
+    """The standard output of `code` run in a fresh Python process (one torch thread), which must succeed: for what
+    is process-wide (imports, the allocator)."""
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 # ---- PyTorch without transformers (fer_hf.timm_module) ----------------------------------------------------------
 
 
@@ -440,11 +449,9 @@ def test_the_pytorch_backend_never_imports_transformers():
              "print(classifier.backend, classifier.logits(np.zeros((2, 3, 96, 96), np.float32)).shape)\n"
              "print('LOADED', sorted(m for m in ('torch', 'timm', 'transformers', 'wandb') if m in sys.modules))\n"
              "import wandb\nprint('THEN', wandb.__name__)")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "pytorch (cpu) (2, 7)" in done.stdout and "LOADED ['timm', 'torch']" in done.stdout, done.stdout
-    assert "THEN wandb" in done.stdout
+    out = _probe(probe)
+    assert "pytorch (cpu) (2, 7)" in out and "LOADED ['timm', 'torch']" in out, out
+    assert "THEN wandb" in out
 
 
 def test_a_wandb_imported_before_the_pytorch_backend_stays_as_it_is():
@@ -452,10 +459,8 @@ def test_a_wandb_imported_before_the_pytorch_backend_stays_as_it_is():
     probe = ("import sys, wandb\nfrom fer_hf.inference.classifier import load_classifier\n"
              "before = sys.modules['wandb']\nload_classifier(backend='pytorch', device='cpu')\n"
              "print('SAME', sys.modules['wandb'] is before and 'timm' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "SAME True" in done.stdout, done.stdout
+    out = _probe(probe)
+    assert "SAME True" in out, out
 
 
 # ---- running the model at the speed it runs alone ---------------------------------------------------------------
@@ -549,10 +554,7 @@ def test_the_pytorch_backend_keeps_freed_memory_instead_of_faulting_it_in_again(
     keep them: next to no faults in most batches after the first. Fresh processes: the setting is process-wide."""
     faults = {}
     for how in ("plain", "load"):
-        done = subprocess.run([sys.executable, "-c", KEEP_PROBE, how], capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert done.returncode == 0, done.stderr[-2000:]
-        faults[how] = float(done.stdout.split()[-1])
+        faults[how] = float(_probe(KEEP_PROBE, how).split()[-1])
     assert faults["plain"] > 200 and faults["load"] < 50, faults
 
 
