@@ -21,13 +21,21 @@ Per backend (ONNX Runtime through the `auto` backend's cached export, and PyTorc
   cropping and the classifier (`FacePredictor.faces`, what the web demo runs per photo), medians; the photo again
   with the detector's coarser pyramid (`--scale_factor 1.2`), and the boxes found both ways;
 - `one_photo_run_s` and `help_s`: `python -m fer_hf.predict astronaut.png` and `python -m fer_hf.predict --help` as
-  new processes (start-up: imports, model, session), medians of 3.
-Threads: `--threads` for ONNX Runtime, torch and OpenCV alike (default: every usable core).
+  new processes (start-up: imports, model, session), medians of 3;
+- with `--bounds N`: what the folder run would take with parts of its work taken away (`predict_phases.py`'s
+  stubs: no file reading and decoding; that and no resizing; that and no model), each a new process, the variants
+  alternated N times, medians, and the share each would give: how far the folder's share can rise at most when
+  only the rest is made faster.
+Threads: `--threads` for ONNX Runtime, torch and OpenCV alike (default: every usable core). New processes run with
+Python's bytecode cache on, as an installed package has it (a run first fills it), whatever PYTHONDONTWRITEBYTECODE
+says here.
 """
+
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import statistics
@@ -49,6 +57,13 @@ from fer_hf.inference.classifier import FerClassifier, default_threads, evaluate
 from fer_hf.inference.images import LoadedImage  # noqa: E402
 from fer_hf.inference.predictor import FacePredictor  # noqa: E402
 from fer_hf.model_files import DEFAULT_MODEL_DIR  # noqa: E402
+
+BOUNDS = {  # name -> predict_phases.py stubs
+    "as_is": [],
+    "without_reading": ["--stub_read"],
+    "without_reading_and_resizing": ["--stub_read", "--stub_prepare"],
+    "without_reading_resizing_and_model": ["--stub_read", "--stub_prepare", "--stub_model"],
+}
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -109,6 +124,18 @@ def measure(classifier: FerClassifier, backend: str, faces: list, labels: list, 
         wall = time.perf_counter() - start
         phases[name] = {**json.loads(done.stdout.splitlines()[-1]), "wall_s": round(wall, 3)}
         phases[name]["interpreter_and_exit_s"] = round(wall - phases[name]["end_s"], 3)
+    bounds = {}
+    if args.bounds:
+        runs: dict[str, list[float]] = {name: [] for name in BOUNDS}
+        for _ in range(args.bounds):  # alternated, so that a slower spell of the machine falls on every variant
+            for name, stubs in BOUNDS.items():
+                runs[name].append(_run_seconds([sys.executable, str(Path(__file__).with_name("predict_phases.py")),
+                                                str(folder), "--model", args.model, "--backend", backend,
+                                                "--batch_size", str(args.batch_size), *stubs], env))
+        bounds = {"predict_folder_bounds": {
+            name: {"median_s": round(statistics.median(times), 3), "runs_s": [round(t, 3) for t in times],
+                   "share": round(files / statistics.median(times) / model_faces_per_s, 3)}
+            for name, times in runs.items()}}
     predictor = FacePredictor(classifier)
     from PIL import Image
 
@@ -124,6 +151,7 @@ def measure(classifier: FerClassifier, backend: str, faces: list, labels: list, 
         "predict_folder_faces_per_s": round(files / folder_seconds, 1),
         "predict_folder_ratio": round(files / folder_seconds / model_faces_per_s, 3),
         **phases,
+        **bounds,
         "batch_predict_faces_per_s": round(batch_faces_per_s, 1),
         "evaluate_faces_per_s": round(evaluate_faces_per_s, 1),
         "single_face_ms": _median_ms(lambda: classifier.predict(faces[:1]), 20),
@@ -146,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="default: every usable core")
     parser.add_argument("--backends", nargs="+", default=["onnxruntime", "pytorch"])
     parser.add_argument("--json", default=None, help="Also write the results here.")
+    parser.add_argument("--bounds", type=int, default=0, metavar="N",
+                        help="Also time the folder run without reading, resizing, the model: N alternated rounds.")
     args = parser.parse_args(argv)
     threads = args.threads or default_threads()
     import cv2
@@ -155,10 +185,12 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # a user's installed package has its bytecode: compiling is not predict's
+    compileall.compile_dir(REPO / "fer_hf", quiet=1)  # as pip does for a wheel; an editable install has none yet
     test = load_fer2013(args.dataset)["test"]
     faces, labels = list(test["image"]), list(test["label"])
     results = {"model": args.model, "faces": len(faces), "batch_size": args.batch_size, "threads": threads,
-               "rows": []}
+               "bytecode_cached": True, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "crops"
         folder.mkdir()

@@ -1,12 +1,17 @@
 """Where the time of `python -m fer_hf.predict FOLDER --no_detect --json` goes, timed inside one such run.
 
-    python benchmarks/predict_phases.py FOLDER [--model DIR] [--backend B] [--batch_size N] [--stub_model]
+    python benchmarks/predict_phases.py FOLDER [--model DIR] [--backend B] [--batch_size N]
+        [--stub_model] [--stub_read] [--stub_prepare]
 
 Runs predict's `main` in this process (its JSON goes to /dev/null) and prints one JSON object: seconds from this
 script's start to the entry module imported, the inputs listed, the model loaded, the first model run started and
-ended, and the end; the faces per second after the first run; and the process's CPU seconds. `--stub_model`: the
-model returns zeros at once, so the figures are the pipeline's own cost (reading, preparing, records, JSON). The
-interpreter's own start-up comes before this script runs: `benchmarks/inference.py` adds it from the wall time.
+ended, and the end; the faces per second after the first run; and the process's CPU seconds. The interpreter's own
+start-up comes before this script runs: `benchmarks/inference.py` adds it from the wall time.
+
+Stubs take one part of the work away, to measure what the rest costs (outputs are then meaningless):
+`--stub_model`: the model returns zeros at once (the pipeline's own cost: reading, preparing, records, JSON);
+`--stub_read`: every listed file is a constant 48x48 face, its file never opened (no file reading, no decoding);
+`--stub_prepare`: resizing and cropping return zeros of their output's shape (no Pillow resize).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--stub_model", action="store_true")
+    parser.add_argument("--stub_read", action="store_true")
+    parser.add_argument("--stub_prepare", action="store_true")
     args = parser.parse_args(argv)
     marks: dict[str, float] = {}
     lock = threading.Lock()
@@ -41,9 +48,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     import numpy as np
 
+    import fer_hf.inference.predictor as predictor
     import fer_hf.predict as predict
 
     mark("imported_s")
+    read_plain_gray = predictor.read_plain_gray
+    if args.stub_read:
+        face = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+        predictor.read_plain_gray = lambda path, *_, **__: face.copy()
     expand_inputs, load_classifier = predict.expand_inputs, predict.load_classifier
 
     counted: list[int] = []
@@ -70,6 +82,16 @@ def main(argv: list[str] | None = None) -> dict:
                 return out
 
             setattr(classifier, name, timed)
+        if args.stub_prepare:
+            prepare = classifier.preprocess.prepare
+            shapes: dict[str, tuple] = {}
+
+            def zeros(faces, tta="none"):  # the real output's shape, taken from one face
+                if tta not in shapes:
+                    shapes[tta] = prepare(faces[:1], tta).shape[1:]
+                return np.zeros((len(faces), *shapes[tta]), np.uint8)
+
+            classifier.preprocess.prepare = zeros
         return classifier
 
     command = [args.folder, "--no_detect", "--json", "--batch_size", str(args.batch_size), "--backend", args.backend]
@@ -81,12 +103,15 @@ def main(argv: list[str] | None = None) -> dict:
             status = predict.main(command)
     finally:
         predict.expand_inputs, predict.load_classifier = expand_inputs, load_classifier
+        predictor.read_plain_gray = read_plain_gray
     mark("end_s")
     files = counted[0]  # the image files predict listed
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    after = marks["end_s"] - marks["first_run_end_s"]
+    after = marks["end_s"] - marks.get("first_run_end_s", marks["end_s"])  # no run: no file read
     result = {
         "stub_model": args.stub_model,
+        "stub_read": args.stub_read,
+        "stub_prepare": args.stub_prepare,
         "files": files,
         "exit_status": status,
         **marks,

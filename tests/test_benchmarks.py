@@ -8,6 +8,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,6 +86,30 @@ def test_predict_phases_times_a_folder_run_in_order(tmp_path, monkeypatch, capsy
         assert result["files"] == 40 and result["exit_status"] == 0 and result["cpu_s"] > 0
         assert json.loads(capsys.readouterr().out.splitlines()[-1]) == result
     assert fer_hf.predict.load_classifier is original
+
+
+def test_predict_phases_stubs_take_their_part_away(tmp_path, monkeypatch, capsys):
+    """--stub_read never opens a file (40 files that are not images still give 40 faces and exit status 0, where
+    predict reports each as an error); --stub_prepare hands the model inputs of the real shape without resizing;
+    both are undone afterwards."""
+    import fer_hf.inference.predictor as predictor
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    phases = importlib.import_module("predict_phases")
+    for i in range(40):
+        (tmp_path / f"{i:02d}.png").write_bytes(b"not a png")
+    reader = predictor.read_plain_gray
+    assert phases.main([str(tmp_path), "--batch_size", "8", "--stub_model"])["exit_status"] == 1
+    shapes = []
+    monkeypatch.setattr(predictor, "prepared_logits",
+                        lambda classifier, prepared, *args: shapes.append(prepared.shape) or np.zeros(
+                            (len(prepared), 1, len(classifier.label_names)), np.float32))
+    result = phases.main([str(tmp_path), "--batch_size", "8", "--stub_read", "--stub_prepare"])
+    assert result["files"] == 40 and result["exit_status"] == 0
+    assert result["stub_read"] and result["stub_prepare"] and not result["stub_model"]
+    assert sum(shape[0] for shape in shapes) == 40 and {shape[1:] for shape in shapes} == {(96, 96, 1)}
+    assert predictor.read_plain_gray is reader
+    capsys.readouterr()
 
 
 @pytest.fixture
