@@ -3,7 +3,9 @@
 # (10 minutes a command; 15 minutes of device time a session, the machine's start included):
 #
 #   throughput  ResNet-18 at 112 px and ResNet-50 at 224 px, bf16, channels_last: (a) model alone, (b) fer_hf,
-#               (c) the baseline, and the host syncs per training step of (b) and (c).     About 3 minutes.
+#               (c) the baseline, and the host syncs per training step of (b) and (c); then the optimizer
+#               step, transformers' Adafactor against fer_hf's batched one (benchmarks/optimizer_overhead.py).
+#               About 3 minutes before the optimizer step was added (not yet timed there).
 #   recipe      the paper's ResNet-50 recipe (configs/paper_resnet50.yaml: 30 epochs, 224 px, Adafactor, batch 64)
 #               end to end, timed. The issue's target is one 10-minute run.
 # Measured on an H200 on 2026-12-01 (benchmarks/RESULTS.md, "GPU (H200)"): throughput 233 s with the data preparation;
@@ -76,6 +78,11 @@ throughput)
     python3 benchmarks/throughput.py --model resnet50 --image_size 224 --device cuda --bf16 --channels_last \
         --batch_size 64 --eval_batch_size 256 --steps 30 --repeats 3 --dataset "$FER2013_PATH" \
         --json "$out/resnet50_224.json" 2>&1 | tee "$out/resnet50_224.txt"
+    # The paper's optimizer one weight at a time (transformers) and batched (what --optim adafactor runs on a GPU):
+    # step time at full size and with the arithmetic shrunk away, and how far the two end apart.
+    python3 benchmarks/optimizer_overhead.py --device cuda --full_size --steps 30 \
+        --json "$out/optimizer_full_size.json" 2>&1 | tee "$out/optimizer.txt"
+    python3 benchmarks/optimizer_overhead.py --device cuda --steps 30 2>&1 | tee -a "$out/optimizer.txt"  # 7 files in all
     ;;
 recipe)
     # The paper's recipe as configs/paper_resnet50.yaml has it, on the batch pipeline (augment_on auto = device).

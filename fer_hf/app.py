@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import importlib.metadata
 import logging
+import math
 import os
 import shutil
 import socket
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from fer_hf import cli
 from fer_hf.hub import is_hub_id
-from fer_hf.inference.classifier import load_classifier
+from fer_hf.inference.classifier import BACKEND_HELP, BACKENDS, load_classifier
 from fer_hf.inference.demo import Analysis, analyse_file, card_accuracies, describe_accuracies
 from fer_hf.inference.images import DEFAULT_MAX_MEGAPIXELS
 from fer_hf.inference.predictor import FacePredictor
@@ -57,6 +58,18 @@ class AppArguments:
     examples_dir: str | None = field(
         default=None, metadata={"help": "Where the example photos are written (default: a temporary folder)."}
     )
+    backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
+    threads: int | None = field(
+        default=None, metadata={"help": "ONNX Runtime threads; default OMP_NUM_THREADS, else every usable core."}
+    )
+
+    def __post_init__(self):
+        if not (math.isfinite(self.max_megapixels) and self.max_megapixels > 0):
+            raise ValueError(f"--max_megapixels must be a number above 0, got {self.max_megapixels}.")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}.")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("--threads must be at least 1.")
 
 
 # ----------------------------------------------------------------------------------------------------- model
@@ -68,6 +81,9 @@ def model_folder(model: str | None) -> Path:
         return DEFAULT_MODEL_DIR
     if Path(model).expanduser().is_dir():
         return Path(model).expanduser()
+    if Path(model).expanduser().exists():
+        raise NotADirectoryError(f"{model}: a file, not a model folder; pass the folder that holds config.json and "
+                                 "model.safetensors.")
     if not is_hub_id(model) or Path(model).suffix:  # `model.onnx`, `run/config.json`: a path that is not there
         raise FileNotFoundError(f"{model}: no such model folder (nor a Hub id of the form USER/NAME).")
     from huggingface_hub import snapshot_download
@@ -118,12 +134,13 @@ def write_examples(folder: Path) -> list[list]:
 # ----------------------------------------------------------------------------------------------------- page
 
 
-def build_demo(model_dir: Path, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, examples: list[list] | None = None):
-    """The Gradio Blocks app for the model in `model_dir`."""
+def build_demo(model_dir: Path, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, examples: list[list] | None = None,
+               backend: str = "auto", threads: int | None = None):
+    """The Gradio Blocks app for the model in `model_dir` (`backend`, `threads`: as `fer_hf.predict`'s)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a demo that may run offline
     import gradio as gr
 
-    classifier = load_classifier(model_dir)
+    classifier = load_classifier(model_dir, backend=backend, threads=threads)
     predictors = {False: FacePredictor(classifier), True: FacePredictor(classifier, detect=False)}
     accuracy = describe_accuracies(card_accuracies(model_dir))
 
@@ -246,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     check_port(args.host, args.port)
     model_dir = model_folder(args.model)
     examples_dir = Path(args.examples_dir or tempfile.mkdtemp(prefix="fer_hf_examples_"))
-    demo = build_demo(model_dir, max_megapixels=args.max_megapixels, examples=write_examples(examples_dir))
+    demo = build_demo(model_dir, max_megapixels=args.max_megapixels, examples=write_examples(examples_dir),
+                      backend=args.backend, threads=args.threads)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD,
                 allowed_paths=[str(examples_dir)])
     return 0

@@ -79,7 +79,14 @@ def parse(parser, argv: list[str] | None) -> tuple[Any, ...]:
     try:
         return tuple(parser.parse_args_into_dataclasses(args=argv))
     except ValueError as err:
-        parser.error(str(err))
+        message = str(err)
+        unknown = [token for token in argv if token.startswith("-") and token != "--"
+                   and token.split("=", 1)[0] not in parser._option_string_actions]
+        if "not used by the HfArgumentParser" in message and unknown:
+            # HfArgumentParser's own words name no cause: an option misspelt, or a file named like one.
+            message = (f"unknown option(s): {' '.join(unknown)} (see --help). A file whose name starts with '-' "
+                       f"goes after `--` or as ./{unknown[0]}.")
+        parser.error(message)
 
 
 def setup_logging(level: int = logging.WARNING, fer_hf_level: int = logging.INFO) -> None:

@@ -61,10 +61,15 @@ class EvaluateArguments:
     )
     device: str | None = field(default=None, metadata={"help": "cuda / cpu; default cuda when available."})
     backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
+    threads: int | None = field(
+        default=None, metadata={"help": "ONNX Runtime threads; default OMP_NUM_THREADS, else every usable core."}
+    )
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}.")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("--threads must be at least 1.")
         if self.split not in EVAL_SPLITS:
             raise ValueError(f"--split must be one of {EVAL_SPLITS}, got {self.split!r}.")
         if self.tta not in TTA_MODES:
@@ -77,14 +82,17 @@ class EvaluateArguments:
         if self.output_dir is None:
             one_folder = self.model is not None and len(self.model) == 1
             self.output_dir = str(Path(self.model[0] if one_folder else ".") / f"evaluation_{self.split}")
+        elif Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            # Said now, not after the whole evaluation has run.
+            raise ValueError(f"--output_dir {self.output_dir}: an existing file, not a folder; name a folder.")
 
 
 def run(args: EvaluateArguments) -> tuple[dict, dict[str, dict]]:
     """Evaluate, write metrics.json, the confusion matrix figure(s) and comparison.md; return what metrics.json holds
     and the reports keyed `plain` / TTA mode."""
     folders = args.model or [None]
-    classifiers = [load_classifier(folder, onnx_path=args.onnx, device=args.device, backend=args.backend)
-                   for folder in folders]
+    classifiers = [load_classifier(folder, onnx_path=args.onnx, device=args.device, backend=args.backend,
+                                   threads=args.threads) for folder in folders]
     # What each classifier is: its folder, else the exported file, else the shipped model.
     names = [str(folder or args.onnx or DEFAULT_MODEL_DIR) for folder in folders]
     # Only the evaluated split must be there: a CSV of PrivateTest rows alone is enough to evaluate on test.

@@ -20,6 +20,7 @@ import numpy as np
 from fer_hf import cli
 from fer_hf.inference.classifier import FerClassifier, load_classifier, view_logits
 from fer_hf.inference.onnx_export import DEFAULT_OPSET, ExportParityError, export_onnx
+from fer_hf.labels import SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,14 @@ class ExportArguments:
     tolerance: float = field(default=1e-4, metadata={"help": "Largest allowed max abs logit difference."})
     opset: int = field(default=DEFAULT_OPSET, metadata={"help": "ONNX opset version."})
 
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"--split must be one of {SPLITS}, got {self.split!r}.")
+        if self.num_images < 1:
+            raise ValueError(f"--num_images must be at least 1 (the parity check needs faces), got {self.num_images}.")
+        if not self.tolerance > 0:
+            raise ValueError(f"--tolerance must be above 0, got {self.tolerance}.")
+
 
 def main(argv: list[str] | None = None) -> float:
     parser = cli.make_parser("fer_hf.export", __doc__, ExportArguments)
@@ -64,16 +73,24 @@ def main(argv: list[str] | None = None) -> float:
     cli.setup_logging(fer_hf_level=logging.WARNING)
     from fer_hf.data.load import load_fer2013
 
-    with cli.exit_on_bad_input("fer_hf.export"):  # model folder or dataset: each message names the input and the fix
-        torch_model = load_classifier(extra.model_dir, device="cpu", backend="pytorch")
-        path = export_onnx(extra.model_dir, args.onnx, args.opset)  # the transformers model, as the cache exports
-        part = load_fer2013(args.dataset)[args.split]
-    faces = [example["image"] for example in part.select(range(min(args.num_images, len(part))))]
-    onnx_model = load_classifier(onnx_path=path)
+    target = Path(args.onnx)
+    # Exported under a temporary name beside the target and renamed only once the parity check has passed: a file
+    # at --onnx is always one that passed it.
+    unchecked = target.with_name(f".{target.stem}.unchecked{target.suffix}")
     try:
-        difference = check_parity(torch_model, onnx_model, faces, args.tolerance)
-    except ExportParityError as err:
-        raise SystemExit(f"fer_hf.export: {path}: {err}") from err
+        with cli.exit_on_bad_input("fer_hf.export"):  # model folder, dataset, opset: each message names the fix
+            torch_model = load_classifier(extra.model_dir, device="cpu", backend="pytorch")
+            part = load_fer2013(args.dataset, splits=(args.split,))[args.split]  # before the export's seconds
+            export_onnx(extra.model_dir, unchecked, args.opset)  # the transformers model, as the cache exports
+        faces = [example["image"] for example in part.select(range(min(args.num_images, len(part))))]
+        onnx_model = load_classifier(onnx_path=unchecked)
+        try:
+            difference = check_parity(torch_model, onnx_model, faces, args.tolerance)
+        except ExportParityError as err:
+            raise SystemExit(f"fer_hf.export: {target}: not written: {err}") from err
+        path = Path(unchecked.replace(target))
+    finally:
+        unchecked.unlink(missing_ok=True)
     print(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB; dynamic batch axis; opset {args.opset}).")
     print(f"Parity on {len(faces)} {args.dataset} {args.split} faces: max abs logit difference {difference:.2e} "
           f"(< {args.tolerance:g}).")

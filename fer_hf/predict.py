@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -88,6 +90,9 @@ class PredictArguments:
             # Below 0 the crop cuts into the face (and at -0.5 it is empty); far above 1 it is mostly background.
             raise ValueError(f"--margin must be between 0 and {MAX_MARGIN} (a share of the face's size), "
                              f"got {self.margin}.")
+        if not math.isfinite(self.scale_factor) or not math.isfinite(self.max_megapixels):
+            raise ValueError("--scale_factor and --max_megapixels take finite numbers (for no practical size limit, "
+                             "give e.g. --max_megapixels 1000).")
         if not self.scale_factor > 1:
             raise ValueError(f"--scale_factor must be above 1 (each detector scale that much larger than the last), "
                              f"got {self.scale_factor}.")
@@ -139,20 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     if not extra.inputs and args.video is None:
         parser.error("give image files or folders, or --video FILE.")
 
-    files, folder_errors = expand_inputs(extra.inputs)
-    try:
-        classifier = load_classifier(args.model, onnx_path=args.onnx, device=args.device, backend=args.backend,
-                                     threads=args.threads)
-        annotate = None
-        if args.annotate:
-            annotate = AnnotationTarget(args.annotate, single_input=len(files) + (args.video is not None) == 1)
-    except cli.INPUT_ERRORS as err:  # the model folder / ONNX file / --annotate target; each message says why
-        print(f"fer_hf.predict: {err}", file=sys.stderr)
+    if sys.stdout is None:  # started with standard output closed (`>&-`): every result would be lost unsaid
+        if sys.stderr is not None:
+            print("fer_hf.predict: standard output is closed; nowhere to write the results.", file=sys.stderr)
         return 2
-    predictor = FacePredictor(classifier, detect=not args.no_detect, margin=args.margin,
-                              min_neighbors=args.min_neighbors, min_face_size=args.min_face_size,
-                              scale_factor=args.scale_factor, tta=args.tta)
 
+    files, folder_errors = expand_inputs(extra.inputs)
     failed, last = False, None  # last: --json's newest record, printed once the next shows whether a comma follows
 
     def emit(record: dict) -> None:
@@ -160,15 +157,35 @@ def main(argv: list[str] | None = None) -> int:
         # 0.2 ms a record, a tenth of the model's time on a folder of crops), and nothing held for a large folder.
         nonlocal failed, last
         failed |= bool(record["error"])
-        if not args.json:
-            if record["error"] and record.get("faces"):  # found, but their annotated image could not be written
-                write_line(format_record({**record, "error": None}), file=sys.stdout)
-            write_line(format_record(record), file=sys.stderr if record["error"] else sys.stdout)
-            return
-        write_line("[" if last is None else last + ",", file=sys.stdout)
+        try:
+            if not args.json:
+                if record["error"] and (record.get("faces") or record.get("frames")):
+                    # found, but their annotated image or video could not be written: the results, then why
+                    write_line(format_record({**record, "error": None}), file=sys.stdout)
+                write_line(format_record(record), file=sys.stderr if record["error"] else sys.stdout)
+                return
+            write_line("[" if last is None else last + ",", file=sys.stdout)
+        except BrokenPipeError:
+            raise
+        except OSError as err:  # a full disk or device behind standard output
+            raise _OutputLost(err) from err
         last = "  " + json.dumps(record)
 
     try:
+        try:
+            classifier = load_classifier(args.model, onnx_path=args.onnx, device=args.device, backend=args.backend,
+                                         threads=args.threads)
+            annotate = None
+            if args.annotate:
+                videos = [args.video] if args.video is not None else []
+                annotate = AnnotationTarget(args.annotate, single_input=len(files) + len(videos) == 1,
+                                            inputs=[*files, *videos], video=bool(videos) and not files)
+        except cli.INPUT_ERRORS as err:  # the model folder / ONNX file / --annotate target; each message says why
+            print(f"fer_hf.predict: {err}", file=sys.stderr)
+            return 2
+        predictor = FacePredictor(classifier, detect=not args.no_detect, margin=args.margin,
+                                  min_neighbors=args.min_neighbors, min_face_size=args.min_face_size,
+                                  scale_factor=args.scale_factor, tta=args.tta)
         for record in folder_errors:
             emit(record)
         for record in predict_images(predictor, files, batch_size=args.batch_size,
@@ -176,12 +193,36 @@ def main(argv: list[str] | None = None) -> int:
             emit(record)
         if args.video is not None:
             emit(predict_video(predictor, args.video, frame_step=args.frame_step, annotate=annotate))
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as command-line tools do
+        _drop_stdout()
+        return 1
+    except _OutputLost as err:
+        _drop_stdout()
+        print(f"fer_hf.predict: could not write the results to standard output ({err.__cause__}).", file=sys.stderr)
+        return 1
     finally:
-        # Closed even when the run breaks off (not a bad file: those are records, but a failing model, memory, Ctrl-C):
-        # the records so far stay readable JSON; the traceback and the exit status say the run did not finish.
+        # Closed even when the run breaks off (not a bad file: those are records, but a model that cannot be loaded,
+        # a failing model, memory, Ctrl-C): the records so far stay readable JSON; the traceback and the exit status
+        # say the run did not finish.
         if args.json:
-            print("[]" if last is None else f"{last}\n]")
+            try:
+                print("[]" if last is None else f"{last}\n]")
+            except OSError:  # the reader went away, or the disk is full: nothing more can be said there
+                _drop_stdout()
     return 1 if failed else 0
+
+
+class _OutputLost(Exception):
+    """Standard output refused a write (other than a closed pipe)."""
+
+
+def _drop_stdout() -> None:
+    """Standard output to /dev/null, so that the interpreter's last flush at exit does not fail (and print) again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind it (a notebook's stream)
+        pass
 
 
 if __name__ == "__main__":

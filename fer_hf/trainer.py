@@ -25,8 +25,10 @@ from datasets import Dataset
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 from transformers import Trainer, TrainerCallback
+from transformers.optimization import Adafactor
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from fer_hf.adafactor import ForeachAdafactor
 from fer_hf.ingredients import classification_loss, distillation_loss, layer_decay_param_groups, mix_batch
 from fer_hf.metrics import classification_report
 from fer_hf.report.figures import save_split_report
@@ -104,6 +106,13 @@ class FerTrainer(Trainer):
     def _prepare_inputs(self, inputs: dict) -> dict:
         inputs = super()._prepare_inputs(inputs)
         return inputs if self.device_transform is None else self.device_transform(inputs)
+
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args, model=None):
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        if optimizer_cls is Adafactor:  # --optim adafactor: the same optimizer and state, a step's arithmetic batched
+            optimizer_cls = ForeachAdafactor
+        return optimizer_cls, optimizer_kwargs
 
     # ---- layer-wise learning-rate decay
 

@@ -370,12 +370,14 @@ def test_folder_with_link_loop_broken_link_and_junk_lists_every_image_once(tmp_p
     (tmp_path / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
     (tmp_path / "self.jpg").symlink_to(tmp_path / "self.jpg")
     (tmp_path / "notes.txt").write_text("skipped")
-    images, skipped = list_images(tmp_path)
+    linked = []
+    images, skipped = list_images(tmp_path, linked=linked)
     assert [p.relative_to(tmp_path).as_posix() for p in images] == ["a/face.png", "gone.jpg", "self.jpg"]
-    assert skipped == 1
-    for name in ("gone.jpg", "self.jpg"):
-        with pytest.raises(ImageReadError, match=rf"{name}: a symbolic link to .*which does not exist"):
-            read_image(tmp_path / name)
+    assert skipped == 1 and linked == [tmp_path / "a" / "loop"]
+    with pytest.raises(ImageReadError, match=r"gone.jpg: a symbolic link to .*which does not exist"):
+        read_image(tmp_path / "gone.jpg")
+    with pytest.raises(ImageReadError, match=r"self.jpg: a loop of symbolic links"):
+        read_image(tmp_path / "self.jpg")
 
 
 
@@ -785,7 +787,7 @@ def test_any_sweep_file_plans_its_trials_or_is_refused_naming_the_file(config):
 
 def test_an_unreadable_file_in_a_folder_is_named_and_the_others_go_on(tmp_path, monkeypatch, capsys):
     """chmod 000 where the tests do not run as root; as root (CI) nothing is unreadable, so opening the file (Pillow's
-    open and the crop reader's alike) raises the PermissionError the kernel would give."""
+    open and the crop reader's os.open alike) raises the PermissionError the kernel would give."""
     import builtins
     import json
 
@@ -809,6 +811,14 @@ def test_an_unreadable_file_in_a_folder_is_named_and_the_others_go_on(tmp_path, 
             return original(path, *args, **kwargs)
 
         monkeypatch.setattr(builtins, "open", open_refusing)
+        os_open = os.open
+
+        def os_open_refusing(path, *args, **kwargs):  # the crop reader opens with os.open
+            if isinstance(path, (str, os.PathLike)) and Path(path) == locked:
+                raise PermissionError(13, "Permission denied", str(path))
+            return os_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", os_open_refusing)
     assert predict.main([str(folder), "--no_detect", "--json"]) == 1
     records = json.loads(capsys.readouterr().out)
     assert [r["error"] is None for r in records] == [True, False, True]

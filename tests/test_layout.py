@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "fer_hf"
 README = PACKAGE.parent / "README.md"
 CORE = {"labels", "config", "cli", "run_dir", "model_files", "hashing", "metrics", "hub", "weights", "modeling",
-        "timm_module", "metric", "default_model", "ingredients", "allocator"}
+        "timm_module", "metric", "default_model", "ingredients", "allocator", "adafactor"}
 ROOMS = {"data", "inference", "report", "sweep"}
 ENTRY = {"train", "evaluate", "predict", "push", "export", "plots", "release", "app"}
 RANK = {**dict.fromkeys(CORE, 0), **dict.fromkeys(ROOMS, 1), "trainer": 2, **dict.fromkeys(ENTRY, 3)}

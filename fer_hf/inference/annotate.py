@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +37,17 @@ def draw_faces(rgb: np.ndarray, faces: list[dict], scale: float = 1.0, numbered:
 
 
 class AnnotationTarget:
-    """Where annotated images go: one named file (a single input) or a folder (names kept, clashes numbered)."""
+    """Where annotated images go: one named file (a single input) or a folder (names kept, clashes numbered). No
+    annotated file is written over an input, and each is written whole or not at all (into a temporary file in the
+    same folder, then renamed), so a full disk leaves no truncated image behind."""
 
-    def __init__(self, target: str, single_input: bool):
+    def __init__(self, target: str, single_input: bool, inputs: Iterable[str | os.PathLike] = (),
+                 video: bool = False):
+        """`inputs`: the files to be read (never written over); `video`: the single input is a video."""
         self.target = Path(target)
         self.is_file = self.target.suffix.lower() in WRITABLE_SUFFIXES | set(VIDEO_SUFFIXES)
+        self._inputs = {_same_file_key(path) for path in inputs}
+        self._inputs.discard(None)
         if self.is_file and not single_input:
             raise ValueError(f"--annotate {target}: a file name takes one input; give a folder for several inputs.")
         if not self.is_file and self.target.suffix and not self.target.is_dir():
@@ -48,6 +57,21 @@ class AnnotationTarget:
                 f"videos as {', '.join(sorted(VIDEO_SUFFIXES))}; name a file with one of those, or a folder (to "
                 "write into a folder whose name has a dot, create it first)."
             )
+        if self.is_file:
+            wanted = VIDEO_SUFFIXES if video else WRITABLE_SUFFIXES
+            if self.target.suffix.lower() not in wanted:
+                # Checked before any work: a video written as one JPEG frame, or a photo as .mp4, is not an annotation.
+                raise ValueError(f"--annotate {target}: the input is {'a video' if video else 'an image'}; name a "
+                                 f"{', '.join(sorted(wanted))} file.")
+            if self.target.is_dir():
+                raise ValueError(f"--annotate {target}: an existing folder, not a file name; name a new file, or "
+                                 "give the folder without a suffix-like name.")
+            if _same_file_key(self.target) in self._inputs:
+                raise ValueError(f"--annotate {target}: that is the input itself, which it would overwrite; name "
+                                 "another file.")
+        elif self.target.exists() and not self.target.is_dir():
+            raise ValueError(f"--annotate {target}: an existing file, not a folder; give a folder, or a new file name "
+                             f"ending in one of {', '.join(sorted(WRITABLE_SUFFIXES | set(VIDEO_SUFFIXES)))}.")
         folder = self.target.parent if self.is_file else self.target
         folder.mkdir(parents=True, exist_ok=True)
         try:  # a probe, before any image is read: as root, os.access says yes to folders that refuse writes
@@ -63,7 +87,7 @@ class AnnotationTarget:
         suffix = source_path.suffix.lower() if source_path.suffix.lower() in WRITABLE_SUFFIXES else default_suffix
         candidate = self.target / f"{source_path.stem}_annotated{suffix}"
         counter = 1
-        while candidate in self._used:
+        while candidate in self._used or _same_file_key(candidate) in self._inputs:
             counter += 1
             candidate = self.target / f"{source_path.stem}_annotated_{counter}{suffix}"
         self._used.add(candidate)
@@ -73,15 +97,44 @@ class AnnotationTarget:
         from PIL import Image
 
         path = self.path_for(image.path, ".png")
-        Image.fromarray(draw_faces(image.rgb, faces, image.scale)).save(path)
+        annotated = Image.fromarray(draw_faces(image.rgb, faces, image.scale))
+        with whole_file(path) as partial:
+            annotated.save(partial, format=Image.registered_extensions()[path.suffix.lower()])
         return path
 
 
-def video_writer(path: Path, fps: float, width: int, height: int):
+def _same_file_key(path: str | os.PathLike) -> tuple[int, int] | str | None:
+    """What tells two names of one file apart from two files: (device, inode) where it exists, else the absolute
+    path (a file still to be written); None for a name that cannot be looked at."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return os.path.abspath(path)
+    except (OSError, ValueError):
+        return None
+    return found.st_dev, found.st_ino
+
+
+@contextlib.contextmanager
+def whole_file(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` (same suffix, so writers pick the format) that becomes `path` only when the
+    block ends without an error; otherwise it is removed."""
+    partial = path.with_name(f".{path.stem}.fer_hf-partial{path.suffix}")
+    try:
+        yield partial
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def video_writer(path: Path, fps: float, width: int, height: int, name: Path | None = None):
+    """OpenCV's writer of `path` (the format from its suffix); `name`: the file it stands for, in messages."""
     import cv2
 
     fourcc = VIDEO_SUFFIXES.get(path.suffix.lower(), "mp4v")
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
     if not writer.isOpened():
-        raise OSError(f"--annotate {path}: OpenCV cannot write this video format; use a .mp4 or .avi file name.")
+        raise OSError(f"the annotated video {name or path} could not be opened for writing by OpenCV (its "
+                      f"{path.suffix} writer, or the folder); try a .mp4 or .avi file name elsewhere.")
     return writer

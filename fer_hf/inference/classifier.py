@@ -44,6 +44,10 @@ MIN_SPLIT = 4  # faces per concurrent ONNX Runtime run, at least
 # of 4 to 16 faces, 940-1,030 in runs of 32, 1,090-1,170 in runs of 64 (presumably the activations of a larger run no
 # longer stay in the cache between layers; they grow with the input's pixels).
 RUN_PIXELS = 8 * 96 * 96
+# Input pixels per PyTorch forward pass, at most (CPU: 64 faces at 96 px; GPU: 1,024): larger batches run in pieces,
+# since one pass holds every activation of its batch.
+TORCH_CPU_RUN_PIXELS = 64 * 96 * 96
+TORCH_DEVICE_RUN_PIXELS = 1024 * 96 * 96
 
 
 class FerClassifier:
@@ -108,7 +112,10 @@ def load_classifier(
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}.")
     if onnx_path is not None:
-        return _load_onnx(Path(onnx_path), model_dir, threads)
+        if backend == "pytorch":
+            raise ValueError("an --onnx file runs on ONNX Runtime, not PyTorch; drop --backend pytorch, or drop "
+                             "--onnx to run the model folder on PyTorch.")
+        return _load_onnx(Path(onnx_path), model_dir, threads, providers=_onnx_providers(device))
     model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
     chosen = choose_backend(backend, device)
     if chosen == "onnxruntime":
@@ -126,6 +133,22 @@ def load_classifier(
                 raise
             logger.warning("%s: could not run it on ONNX Runtime (%s); using PyTorch.", model_dir, error_summary(err))
     return _load_pytorch(model_dir, device)
+
+
+def _onnx_providers(device: str | None) -> list[str] | None:
+    """ONNX Runtime's providers for `--device`: None (every one installed) where no device is asked for."""
+    if device is None:
+        return None
+    kind = device.split(":")[0].lower()
+    if kind == "cpu":
+        return ["CPUExecutionProvider"]
+    import onnxruntime
+
+    if kind == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise ValueError(f"this ONNX Runtime cannot run on --device {device} (its providers: "
+                     f"{', '.join(onnxruntime.get_available_providers())}); drop --device, or install "
+                     "onnxruntime-gpu for cuda.")
 
 
 def choose_backend(backend: str, device: str | None) -> str:
@@ -204,9 +227,15 @@ def _load_pytorch(model_dir: Path, device: str | None) -> FerClassifier:
     model, config = load_timm_module(model_dir, dtype=torch.float32)
     model = model.to(device)
 
+    height, width = data_config_of(config)["input_size"][1:]
+    max_run = max(1, (TORCH_CPU_RUN_PIXELS if device.type == "cpu" else TORCH_DEVICE_RUN_PIXELS) // (height * width))
+
     @torch.inference_mode()
     def run(pixel_values: np.ndarray) -> np.ndarray:
-        return model(torch.from_numpy(pixel_values).to(device)).float().cpu().numpy()
+        # In pieces: one forward pass holds every activation of its batch (--batch_size 1024: 6.5 GB on a CPU).
+        return np.concatenate([model(torch.from_numpy(pixel_values[i: i + max_run]).to(device)).float().cpu().numpy()
+                               for i in range(0, len(pixel_values), max_run)]) if len(pixel_values) else \
+            model(torch.from_numpy(pixel_values).to(device)).float().cpu().numpy()
 
     return FerClassifier(config, data_config_of(config), run, backend=f"pytorch ({device})", model=model,
                          device=device.type)
@@ -216,6 +245,9 @@ def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | N
                providers: list[str] | None = None, check_source: bool = True) -> FerClassifier:
     import onnxruntime
 
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a folder, not an ONNX file; pass the .onnx file (or the folder as --model "
+                                "if it is a saved model).")
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no such ONNX file; create it with `python -m fer_hf.export MODEL_DIR --onnx {path}`."

@@ -66,8 +66,9 @@ def analyse_file(predictor: FacePredictor, path: str | os.PathLike | None,
 
 
 def _reason(error: Exception, path: str | os.PathLike) -> str:
-    """The reader's message without the server-side path of the upload (the user knows the file by its name)."""
-    return str(error).replace(str(path), Path(path).name)
+    """The reader's message without the server-side path of the upload (the user knows the file by its name), and
+    without advice about command-line options, which a visitor of the page cannot give."""
+    return str(error).replace(str(path), Path(path).name).replace(" or raise --max_megapixels", "")
 
 
 def card_accuracies(model_dir: str | os.PathLike) -> dict[str, float]:

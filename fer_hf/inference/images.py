@@ -5,8 +5,10 @@ bounded size, or raises `ImageReadError` naming the file and saying how to fix i
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import struct
 import warnings
 import zlib
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from fer_hf.labels import IMAGE_SUFFIXES
 
@@ -56,15 +58,16 @@ class LoadedImage:
         return cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)  # ITU-R 601 luma, as PIL's convert("L")
 
 
-def list_images(folder: str | os.PathLike, unlisted: list[tuple[Path, OSError]] | None = None
-                ) -> tuple[list[Path], int]:
+def list_images(folder: str | os.PathLike, unlisted: list[tuple[Path, OSError]] | None = None,
+                linked: list[Path] | None = None) -> tuple[list[Path], int]:
     """Image files under `folder` (recursively, sorted, hidden files skipped) and how many other files were skipped;
     OSError where `folder` itself cannot be listed. A subfolder that cannot be listed is passed over, as Path.rglob
     does, and added to `unlisted` (with its error) when that list is given.
 
-    Links to folders are not followed (so a link loop cannot recurse forever); a link to a file, even a broken one,
-    is listed (read_image then names it). One `scandir` per folder: the file types come with the listing, where
-    checking each path cost a tenth of a second for a folder of a few thousand face crops."""
+    Links to folders are not followed (so a link loop cannot recurse forever; each is added to `linked` when that
+    list is given); a link to a file, even a broken one, is listed (read_image then names it). One `scandir` per
+    folder: the file types come with the listing, where checking each path cost a tenth of a second for a folder of
+    a few thousand face crops."""
     found: list[tuple[tuple[str, ...], str]] = []
     skipped = 0
     pending = [(os.fspath(folder), ())]
@@ -87,6 +90,8 @@ def list_images(folder: str | os.PathLike, unlisted: list[tuple[Path, OSError]] 
                 continue
             if entry.is_symlink():
                 if os.path.isdir(entry.path):  # a link to a folder (False for a broken link or a link loop)
+                    if linked is not None:
+                        linked.append(Path(entry.path))
                     continue
             elif not entry.is_file(follow_symlinks=False):  # a FIFO, socket or device
                 continue
@@ -105,20 +110,38 @@ def read_image(path: str | os.PathLike, max_megapixels: float = DEFAULT_MAX_MEGA
         ImageReadError: missing, empty, unreadable, truncated or too large file (the message says what to do).
     """
     path = Path(path)
-    if not path.exists():
+    try:
+        found = path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ImageReadError(f"{path}: a loop of symbolic links (one leads back to another); fix the links.") \
+                from None
         if path.is_symlink():
-            raise ImageReadError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist.")
-        raise ImageReadError(f"{path}: no such file or folder; check the path.")
-    if path.is_dir():
+            raise ImageReadError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist.") from None
+        if isinstance(err, FileNotFoundError):
+            raise ImageReadError(f"{path}: no such file or folder; check the path.") from None
+        raise ImageReadError(f"{path}: cannot be looked at ({err.strerror or err}).") from None
+    if stat.S_ISDIR(found.st_mode):
         raise ImageReadError(f"{path}: is a folder, not an image.")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(found.st_mode):
+        raise ImageReadError(f"{path}: not a plain file (a pipe, socket or device, e.g. standard input); save the "
+                             "image to a file and pass that.")
+    if found.st_size == 0 and not _has_data(path):  # /proc's files say 0 bytes and still hold some
         raise ImageReadError(f"{path}: the file is empty (0 bytes); copy or download it again.")
     max_pixels = int(max_megapixels * 1e6)
     try:
         with warnings.catch_warnings():
             # Pillow warns about large images at open(); the size is checked (and JPEGs reduced) just below instead.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            try:
+                image = Image.open(path)
+            except Image.DecompressionBombError:
+                # Over twice Pillow's limit (179 MP: a 200 MP phone photo) Pillow refuses at open(), before a JPEG
+                # could be decoded reduced; JPEG's own loader opens it without that check, and the size is bounded
+                # below as for any other.
+                if not _is_jpeg(path):
+                    raise
+                image = JpegImagePlugin.JpegImageFile(path)
         with image:
             width, height = image.size
             _refuse_scrambled_tiff(image, path)
@@ -175,14 +198,20 @@ def read_plain_gray(
     import cv2
 
     try:
-        with open(path, "rb", buffering=0) as file:
-            # Sized by the file: a read into a max_bytes buffer cost more than decoding a 2 KB crop.
-            size = os.fstat(file.fileno()).st_size
-            if size > max_bytes:
-                return None
-            data = file.read(size + 1)  # one byte more tells a file that grew since
+        # Non-blocking: a FIFO with no writer would otherwise hang here (it is not a plain file; read_image says so).
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
+    try:
+        # Sized by the file: a read into a max_bytes buffer cost more than decoding a 2 KB crop.
+        found = os.fstat(descriptor)
+        if not stat.S_ISREG(found.st_mode) or found.st_size > max_bytes:
+            return None
+        data = os.read(descriptor, found.st_size + 1)  # one byte more tells a file that grew since
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
     # IHDR (bytes 16-28): width, height, bit depth 8, colour type 0 (gray); checked before anything is decoded.
     if len(data) > max_bytes or data[:8] != b"\x89PNG\r\n\x1a\n" or data[24:26] != b"\x08\x00":
         return None
@@ -225,6 +254,19 @@ def _refuse_scrambled_tiff(image: Image.Image, path: Path) -> None:
             f"{path}: a {image.mode} TIFF stored sideways (EXIF orientation {orientation}), which Pillow "
             f"{PIL.__version__} decodes into scrambled pixels; save it as PNG or JPEG first."
         )
+
+
+def _has_data(path: Path) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return bool(file.read(1))
+    except OSError:
+        return True  # said by the decoder below, with its reason
+
+
+def _is_jpeg(path: Path) -> bool:
+    with open(path, "rb") as file:
+        return file.read(3) == b"\xff\xd8\xff"
 
 
 def _reduce_on_decode(image: Image.Image, path: Path, max_pixels: int, max_megapixels: float) -> None:

@@ -8,6 +8,7 @@ and the web demo all go through `FacePredictor`.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -127,15 +128,22 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[dict]]:
         path = Path(given).expanduser()
         if path.is_dir():
             unlisted: list[tuple[Path, OSError]] = []
+            linked: list[Path] = []
             try:
-                images, skipped = list_images(path, unlisted)
+                images, skipped = list_images(path, unlisted, linked)
             except OSError as err:
                 images, skipped = [], 0
                 error = f"{path}: cannot list this folder ({err.strerror or err}); check its permissions."
             else:
                 error = f"{path}: no image files in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})."
+                if linked:
+                    error = error[:-1] + (f"; {len(linked)} link(s) to folders were not followed ({linked[0]}"
+                                          f"{', ...' if len(linked) > 1 else ''}): pass the folders themselves.")
             if skipped:
                 logger.info("%s: skipped %d non-image file(s)", path, skipped)
+            if linked and images:
+                logger.warning("%s: %d link(s) to folders not followed (%s%s); pass them as inputs to include "
+                               "their images.", path, len(linked), linked[0], ", ..." if len(linked) > 1 else "")
             # Said, not passed over in silence: the run would look complete without that subfolder's images.
             errors.extend({"file": str(sub), "faces": [], "error": f"{sub}: cannot list this folder "
                            f"({err.strerror or err}); its images were not read. Check its permissions."}
@@ -256,6 +264,17 @@ def predict_images(
 # ----------------------------------------------------------------------------------------------------- video
 
 
+def _video_frames(path: Path) -> int:
+    """The frame count a written video's container declares (0 where OpenCV cannot open it)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+    finally:
+        capture.release()
+
+
 def predict_video(
     predictor: FacePredictor, path: str, *, frame_step: int = 1, annotate: AnnotationTarget | None = None
 ) -> dict:
@@ -269,6 +288,9 @@ def predict_video(
     if not Path(path).is_file():
         record["error"] = f"{path}: no such video file; check the path."
         return record
+    if Path(path).stat().st_size == 0:
+        record["error"] = f"{path}: the file is empty (0 bytes); copy or download it again."
+        return record
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         record["error"] = (f"{path}: OpenCV cannot open this video; convert it to H.264 MP4 (e.g. "
@@ -276,11 +298,13 @@ def predict_video(
         return record
     video_fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    writer = None
+    writer = target = partial = None
+    written = 0
     faces: list[dict] = []
     index = classified = 0
     start = time.perf_counter()
     progress = progress_bar(total, unit="frame", desc=Path(path).name)
+    finished = False
     try:
         while True:
             ok, bgr = capture.read()
@@ -293,16 +317,34 @@ def predict_video(
                 classified += 1
             if annotate is not None:
                 if writer is None:
-                    writer = video_writer(annotate.path_for(str(path), ".mp4"), video_fps, bgr.shape[1], bgr.shape[0])
-                # Skipped frames keep the last classified faces, so the boxes do not flicker.
-                writer.write(draw_faces(bgr, faces))  # drawn on the BGR frame: green is green in either order
+                    target = annotate.path_for(str(path), ".mp4")
+                    partial = target.with_name(f".{target.stem}.fer_hf-partial{target.suffix}")
+                    try:
+                        writer = video_writer(partial, video_fps, bgr.shape[1], bgr.shape[0], name=target)
+                    except OSError as err:  # the frames are still classified; the record says what was not written
+                        record["error"] = f"{path}: frames classified, but {err}"
+                        annotate = None
+                if writer is not None:
+                    # Skipped frames keep the last classified faces, so the boxes do not flicker.
+                    writer.write(draw_faces(bgr, faces))  # drawn on the BGR frame: green is green in either order
+                    written += 1
             index += 1
             progress.update(1)
+        finished = True
     finally:
         progress.close()
         capture.release()
         if writer is not None:
             writer.release()
+            # OpenCV's writer reports no failure (a full disk leaves a file no player opens): the file is checked
+            # whole, then takes the target's name; a run broken off leaves none.
+            if finished and _video_frames(partial) == written:
+                os.replace(partial, target)
+            else:
+                partial.unlink(missing_ok=True)
+                if finished:
+                    record["error"] = (f"{path}: frames classified, but the annotated video {target} could not be "
+                                       "written whole (is the disk full?); nothing was left there.")
     elapsed = time.perf_counter() - start
     if index == 0:
         record["error"] = f"{path}: no frame could be read; the file is empty, truncated or not a video."

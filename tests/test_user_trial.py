@@ -1,0 +1,253 @@
+"""What a fresh-clone user trial found (2026-12-01): inputs written over by --annotate, annotations half written,
+output that goes away mid-run, an export that claimed what it had not done, and messages that named the wrong
+cause. Each case answers with the result or a message that names the fix, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from fer_hf.inference import predictor as predictor_module
+from fer_hf.inference.annotate import AnnotationTarget
+from fer_hf.inference.images import ImageReadError, read_image, read_plain_gray
+from fer_hf.predict import main
+
+
+@pytest.fixture
+def crops(tmp_path) -> Path:
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def _video(path: Path, frames: int = 6) -> Path:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for i in range(frames):
+        writer.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    writer.release()
+    return path
+
+
+def _run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "fer_hf.predict", *args], text=True, env=env, timeout=300, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------- --annotate
+
+
+def test_annotate_never_writes_over_its_input(crops, tmp_path, capsys):
+    photo = crops / "00.png"
+    before = photo.read_bytes()
+    assert main([str(photo), "--no_detect", "--annotate", str(photo)]) == 2
+    assert "the input itself" in capsys.readouterr().err and photo.read_bytes() == before
+    video = _video(tmp_path / "clip.avi")
+    before = video.read_bytes()
+    assert main(["--video", str(video), "--annotate", str(video)]) == 2
+    assert "the input itself" in capsys.readouterr().err and video.read_bytes() == before
+    # In a folder, an annotation's name that is an input takes the next number instead.
+    (crops / "00_annotated.png").write_bytes(before_png := (crops / "01.png").read_bytes())
+    target = AnnotationTarget(str(crops), single_input=False, inputs=sorted(crops.iterdir()))
+    assert target.path_for(str(crops / "00.png"), ".png") == crops / "00_annotated_2.png"
+    assert (crops / "00_annotated.png").read_bytes() == before_png
+
+
+@pytest.mark.parametrize("inputs, target, message", [
+    (["--video", "clip.avi"], "frame.jpg", "the input is a video"),
+    (["00.png"], "out.mp4", "the input is an image"),
+    (["00.png"], "existing.png", "an existing folder"),
+    (["00.png"], "plainfile", "an existing file, not a folder"),
+])
+def test_annotate_targets_of_the_wrong_kind_are_refused_before_any_work(crops, tmp_path, inputs, target, message,
+                                                                        capsys):
+    _video(crops / "clip.avi")
+    (tmp_path / "existing.png").mkdir()
+    (tmp_path / "plainfile").write_text("x")
+    given = [str(crops / name) if not name.startswith("--") else name for name in inputs]
+    assert main([*given, "--no_detect", "--annotate", str(tmp_path / target)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_annotated_image_is_written_whole_or_not_at_all(crops, tmp_path, monkeypatch, capsys):
+    def half_then_full_disk(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", half_then_full_disk)
+    out = tmp_path / "out"
+    assert main([str(crops), "--no_detect", "--json", "--annotate", str(out)]) == 1
+    records = json.loads(capsys.readouterr().out)
+    assert all(record["faces"] and "could not be written" in record["error"] for record in records)
+    assert list(out.iterdir()) == []  # neither truncated annotations nor temporary files
+
+
+def test_an_annotated_video_is_written_whole_or_not_at_all(tmp_path, monkeypatch, capsys):
+    video = _video(tmp_path / "clip.avi")
+    assert main(["--video", str(video), "--annotate", str(tmp_path / "good.avi"), "--json"]) == 0
+    assert predictor_module._video_frames(tmp_path / "good.avi") == 6  # the real path: written, checked, renamed
+    capsys.readouterr()
+    # OpenCV's writer says nothing when the disk fills up; the file it leaves declares no frames.
+    monkeypatch.setattr(predictor_module, "_video_frames", lambda path: 0)
+    assert main(["--video", str(video), "--annotate", str(tmp_path / "full.avi"), "--json"]) == 1
+    (record,) = json.loads(capsys.readouterr().out)
+    assert len(record["frames"]) == 6 and "could not be written whole" in record["error"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["clip.avi", "good.avi"]
+
+
+# ----------------------------------------------------------------------------------------------------- output
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(crops):
+    rng = np.random.default_rng(1)
+    for i in range(40, 600):  # output beyond a pipe's buffer, so that writing after the reader left fails
+        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(crops / f"{i:03d}.png")
+    for flags in (["--json"], []):
+        process = subprocess.Popen([sys.executable, "-m", "fer_hf.predict", str(crops), "--no_detect", *flags],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   env={**os.environ, "PYTHONPATH": str(REPO)})
+        process.stdout.readline()
+        process.stdout.close()  # `| head -1`
+        error = process.stderr.read().decode()
+        assert process.wait(timeout=300) == 1 and "Traceback" not in error, error
+
+
+def test_a_full_or_closed_standard_output_is_said(crops):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        done = _run(str(crops), "--no_detect", "--json", stdout=full, stderr=subprocess.PIPE)
+    assert done.returncode == 1 and "could not write the results" in done.stderr and "Traceback" not in done.stderr
+    closed = subprocess.run(f"{sys.executable} -m fer_hf.predict {crops} --no_detect >&-", shell=True, text=True,
+                            stderr=subprocess.PIPE, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert closed.returncode == 2 and "standard output is closed" in closed.stderr
+
+
+def test_json_is_a_list_even_when_the_model_cannot_be_loaded(crops, tmp_path, capsys):
+    assert main([str(crops), "--json", "--model", str(tmp_path / "nothere")]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == [] and "nothere" in captured.err
+
+
+# ----------------------------------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize("flag, value", [("--max_megapixels", "inf"), ("--scale_factor", "inf")])
+def test_infinite_option_values_are_usage_errors(crops, flag, value, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main([str(crops), flag, value])
+    assert stopped.value.code == 2 and "finite numbers" in capsys.readouterr().err
+
+
+def test_an_unknown_option_is_named_with_how_to_pass_a_dash_file(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["-dash.jpg"])
+    assert stopped.value.code == 2 and "./-dash.jpg" in capsys.readouterr().err
+
+
+def test_onnx_refuses_what_it_cannot_honour(crops, tmp_path, capsys):
+    (tmp_path / "exported").mkdir()
+    assert main([str(crops), "--onnx", str(tmp_path / "exported")]) == 2
+    assert "a folder, not an ONNX file" in capsys.readouterr().err
+    assert main([str(crops), "--onnx", str(tmp_path / "m.onnx"), "--backend", "pytorch"]) == 2
+    assert "not PyTorch" in capsys.readouterr().err
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert main([str(crops), "--onnx", str(tmp_path / "m.onnx"), "--device", "cuda"]) == 2
+        assert "cannot run on --device cuda" in capsys.readouterr().err
+
+
+def test_evaluate_and_the_demo_take_backend_and_threads(tmp_path):
+    from fer_hf.app import AppArguments, model_folder
+    from fer_hf.evaluate import EvaluateArguments
+
+    assert EvaluateArguments(dataset="fer2013.csv", threads=1).threads == 1
+    with pytest.raises(ValueError, match="--threads"):
+        EvaluateArguments(dataset="fer2013.csv", threads=0)
+    (tmp_path / "a.jpg").write_text("x")
+    with pytest.raises(ValueError, match="an existing file, not a folder"):  # said before evaluating, not after
+        EvaluateArguments(dataset="fer2013.csv", output_dir=str(tmp_path / "a.jpg"))
+    assert AppArguments(backend="pytorch", threads=2).backend == "pytorch"
+    for bad in ({"backend": "tf"}, {"threads": 0}, {"max_megapixels": float("inf")}):
+        with pytest.raises(ValueError):
+            AppArguments(**bad)
+    with pytest.raises(NotADirectoryError, match="a file, not a model folder"):
+        model_folder(str(tmp_path / "a.jpg"))
+
+
+# ----------------------------------------------------------------------------------------------------- files
+
+
+def test_pipes_and_link_loops_are_named_as_such(tmp_path):
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    assert read_plain_gray(fifo) is None  # without blocking on a FIFO no one writes to
+    with pytest.raises(ImageReadError, match="not a plain file"):
+        read_image(fifo)
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    with pytest.raises(ImageReadError, match="a loop of symbolic links"):
+        read_image(tmp_path / "a.jpg")
+
+
+def test_a_folder_of_only_linked_folders_says_so(crops, tmp_path, capsys):
+    album = tmp_path / "album"
+    album.mkdir()
+    (album / "linked").symlink_to(crops)
+    assert main([str(album), "--no_detect", "--json"]) == 1
+    (record,) = json.loads(capsys.readouterr().out)
+    assert "link(s) to folders were not followed" in record["error"]
+
+
+def test_an_empty_video_is_called_empty(tmp_path, capsys):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    assert main(["--video", str(tmp_path / "empty.mp4"), "--json"]) == 1
+    assert "the file is empty" in json.loads(capsys.readouterr().out)[0]["error"]
+
+
+def test_a_jpeg_over_pillows_bomb_limit_is_decoded_reduced(tmp_path, monkeypatch):
+    # Pillow refuses at open() anything over twice MAX_IMAGE_PIXELS (a 200 MP phone photo with its default); a
+    # lowered limit stands in for the size here.
+    Image.fromarray(np.full((1200, 1600, 3), 128, np.uint8)).save(tmp_path / "big.jpg")
+    Image.fromarray(np.full((1200, 1600, 3), 128, np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400_000)
+    image = read_image(tmp_path / "big.jpg", max_megapixels=0.5)
+    assert image.original_size == (1600, 1200) and image.rgb.shape == (600, 800, 3)  # decoded at 1/2
+    with pytest.raises(ImageReadError, match="too large to decode safely"):
+        read_image(tmp_path / "big.png", max_megapixels=0.5)
+
+
+# ----------------------------------------------------------------------------------------------------- PyTorch
+
+
+def test_pytorch_runs_a_large_batch_in_pieces_with_the_same_logits(crops):
+    import torch
+
+    from fer_hf.inference.classifier import TORCH_CPU_RUN_PIXELS, load_classifier
+
+    classifier = load_classifier(device="cpu", backend="pytorch")
+    sizes = []
+    forward = classifier.model.forward
+    classifier.model.forward = lambda x: sizes.append(len(x)) or forward(x)
+    faces = [Image.open(path) for path in sorted(crops.iterdir())] * 4  # 160 faces
+    prepared = classifier.preprocess(faces)[:, 0]
+    logits = classifier.logits(prepared)
+    height, width = classifier.data_config["input_size"][1:]
+    piece = TORCH_CPU_RUN_PIXELS // (height * width)
+    assert max(sizes) == piece < len(faces) and sum(sizes) == len(faces)
+    with torch.inference_mode():
+        one_by_one = np.concatenate([forward(torch.from_numpy(prepared[i: i + 1])).numpy() for i in range(8)])
+    assert np.abs(logits[:8] - one_by_one).max() < 1e-4
