@@ -251,3 +251,28 @@ def test_pytorch_runs_a_large_batch_in_pieces_with_the_same_logits(crops):
     with torch.inference_mode():
         one_by_one = np.concatenate([forward(torch.from_numpy(prepared[i: i + 1])).numpy() for i in range(8)])
     assert np.abs(logits[:8] - one_by_one).max() < 1e-4
+
+
+# ----------------------------------------------------------------------------------------------------- datasets
+
+
+@pytest.mark.parametrize("train_images, outcome", [(1, "too few to hold out"), (14, 2)])
+def test_a_kaggle_folder_with_a_tiny_train_split(tmp_path, train_images, outcome):
+    """Two images a class could not be split stratified (sklearn's raw message); one image not at all. Test files
+    all named PrivateTest_: the message no longer claims they lack the prefix."""
+    from fer_hf.data.load import FerDataError, load_fer2013
+    from fer_hf.labels import LABEL_NAMES
+
+    for split, count in (("train", train_images), ("test", 7)):
+        for i in range(count):
+            folder = tmp_path / "kaggle" / split / LABEL_NAMES[i % 7]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((48, 48), 9 * i, np.uint8)).save(
+                folder / (f"PrivateTest_{i}.jpg" if split == "test" else f"{i}.jpg"))
+    if isinstance(outcome, str):
+        with pytest.raises(FerDataError, match=outcome) as raised:
+            load_fer2013(str(tmp_path / "kaggle"), cache_dir=str(tmp_path / "cache"))
+        assert "no PublicTest_ files in test/" in str(raised.value)
+    else:
+        dataset = load_fer2013(str(tmp_path / "kaggle"), cache_dir=str(tmp_path / "cache"))
+        assert len(dataset["validation"]) == outcome and len(dataset["test"]) == 7

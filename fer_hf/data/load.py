@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -400,7 +401,8 @@ def _parse_folder(root: Path, validation_fraction: float, seed: int, skip_bad_ro
     if not test_has_usage_prefixes and not has_validation_folder and "test" in splits:
         splits["test"].info.description = MIXED_TEST_SPLIT
     if "validation" not in splits:
-        why = "test/ file names do not start with PublicTest_/PrivateTest_"
+        why = ("no validation/ folder, and no PublicTest_ files in test/" if test_has_usage_prefixes else
+               "no validation/ folder, and test/ file names do not start with PublicTest_/PrivateTest_")
         source = f"{root} ({why})"
         splits["train"], splits["validation"] = _hold_out(splits["train"], validation_fraction, seed, source)
     if "test" not in splits:
@@ -557,10 +559,18 @@ def decode_faces(dataset: Dataset) -> np.ndarray:
 
 def _hold_out(train: Dataset, fraction: float, seed: int, source: str) -> tuple[Dataset, Dataset]:
     """A seeded validation hold-out of train, stratified by label wherever every class has two or more images."""
-    stratify = np.bincount(train["label"], minlength=len(LABEL_NAMES)).min() >= 2
+    if len(train) < 2:
+        raise FerDataError(f"{source}: {len(train)} training image(s), too few to hold out a validation split from; "
+                           "add images, or a validation split (a validation/ folder, PublicTest rows or files).")
+    counts = np.bincount(train["label"], minlength=len(LABEL_NAMES))
+    held_out = math.ceil(fraction * len(train))
+    # Stratifying needs two images of every class, and room for every class present on both sides of the split.
+    present = int((counts > 0).sum())
+    stratify = counts.min() >= 2 and held_out >= present and len(train) - held_out >= present
     logger.warning(
         "%s: no validation split; holding out a seeded%s %.0f%% of train (seed %d) as validation.",
-        source, ", stratified" if stratify else " (not stratified: a class has under 2 images)", 100 * fraction, seed,
+        source, ", stratified" if stratify else " (not stratified: too few images of some class)", 100 * fraction,
+        seed,
     )
     held = train.train_test_split(test_size=fraction, seed=seed, stratify_by_column="label" if stratify else None)
     return held["train"], held["test"]
