@@ -9,7 +9,9 @@
 Each face is found with OpenCV's Haar cascade (shipped in the opencv-python-headless wheel, see
 `fer_hf.inference.faces`), cropped with a margin, turned into a 48x48 grayscale image like FER-2013's and classified
 with the training's evaluation transform. A file that cannot be read gets an error naming it; the others are still
-processed. The exit status is 1 when any input had an error, 2 when the model could not be loaded, else 0.
+processed. The exit status is 1 when any input had an error or the output could not be written (a reader that went
+away, `| head`, ends the run quietly), 2 when the model or the --annotate target could not be used or standard
+output is closed, else 0.
 """
 
 from __future__ import annotations
