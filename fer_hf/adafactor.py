@@ -18,6 +18,7 @@ reads each weight's RMS on the host), 16-bit weights or gradients, sparse gradie
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -50,9 +51,12 @@ class ForeachAdafactor(Adafactor):
     def step(self, closure=None):
         loss = None
         if closure is not None:
-            loss = closure()  # as transformers' step calls it (under no_grad), before the gradients are read
+            with torch.enable_grad():  # as torch's optimizers call it (transformers' runs it under no_grad)
+                loss = closure()
         if not self._batchable():
-            super().step()
+            # transformers' own step, without the hooks torch wraps around every optimizer class's `step`: this
+            # call's wrapper has run them already.
+            inspect.unwrap(Adafactor.step)(self)
             return loss
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
@@ -98,6 +102,7 @@ class ForeachAdafactor(Adafactor):
 
         squares = torch._foreach_mul(grads, grads)  # grad**2: the same products
         torch._foreach_add_(squares, group["eps"][0])
+        # (Calls that mix shapes, a weight with its row means or its 0-d clipping factor, run weight by weight.)
         factored = [i for i, p in enumerate(params) if self._get_options(group, p.shape)[0]]
         plain = [i for i, p in enumerate(params) if not self._get_options(group, p.shape)[0]]
         updates: list[torch.Tensor | None] = [None] * len(params)
@@ -112,8 +117,9 @@ class ForeachAdafactor(Adafactor):
             row_factors = torch._foreach_div(rows, [row.mean(dim=-1, keepdim=True) for row in rows])
             torch._foreach_rsqrt_(row_factors)
             col_factors = torch._foreach_rsqrt(cols)
-            approx = [torch.mul(row.unsqueeze(-1), col.unsqueeze(-2))
-                      for row, col in zip(row_factors, col_factors, strict=True)]
+            # In each gradient's memory layout (channels_last stays so), which the later batched calls need.
+            approx = [torch.mul(row.unsqueeze(-1), col.unsqueeze(-2), out=torch.empty_like(grads[i]))
+                      for i, row, col in zip(factored, row_factors, col_factors, strict=True)]
             torch._foreach_mul_(approx, [grads[i] for i in factored])
             for i, update in zip(factored, approx, strict=True):
                 updates[i] = update
@@ -125,6 +131,7 @@ class ForeachAdafactor(Adafactor):
             torch._foreach_mul_(rooted, [grads[i] for i in plain])
             for i, update in zip(plain, rooted, strict=True):
                 updates[i] = update
+        del squares  # the gradients' squares: as large as the weights
 
         # update /= max(RMS(update) / clip_threshold, 1), then *= lr
         clip = torch._foreach_norm(updates)

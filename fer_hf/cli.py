@@ -80,13 +80,22 @@ def parse(parser, argv: list[str] | None) -> tuple[Any, ...]:
         return tuple(parser.parse_args_into_dataclasses(args=argv))
     except ValueError as err:
         message = str(err)
-        unknown = [token for token in argv if token.startswith("-") and token != "--"
+        before_dashes = argv[:argv.index("--")] if "--" in argv else argv
+        unknown = [token for token in before_dashes if token.startswith("-") and not _is_number(token)
                    and token.split("=", 1)[0] not in parser._option_string_actions]
         if "not used by the HfArgumentParser" in message and unknown:
             # HfArgumentParser's own words name no cause: an option misspelt, or a file named like one.
             message = (f"unknown option(s): {' '.join(unknown)} (see --help). A file whose name starts with '-' "
                        f"goes after `--` or as ./{unknown[0]}.")
         parser.error(message)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 def setup_logging(level: int = logging.WARNING, fer_hf_level: int = logging.INFO) -> None:

@@ -11,6 +11,7 @@ Runtime's logits match PyTorch's to within --tolerance on the given images.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 
 from fer_hf import cli
 from fer_hf.inference.classifier import FerClassifier, load_classifier, view_logits
-from fer_hf.inference.onnx_export import DEFAULT_OPSET, ExportParityError, export_onnx
+from fer_hf.inference.onnx_export import DEFAULT_OPSET, ExportParityError, export_onnx, written_opset
 from fer_hf.labels import SPLITS
 
 logger = logging.getLogger(__name__)
@@ -76,19 +77,23 @@ def main(argv: list[str] | None = None) -> float:
     target = Path(args.onnx)
     # Exported under a temporary name beside the target and renamed only once the parity check has passed: a file
     # at --onnx is always one that passed it.
-    unchecked = target.with_name(f".{target.stem}.unchecked{target.suffix}")
+    unchecked = target.with_name(f".{target.stem}.{os.getpid()}.unchecked{target.suffix}")
     try:
         with cli.exit_on_bad_input("fer_hf.export"):  # model folder, dataset, opset: each message names the fix
             torch_model = load_classifier(extra.model_dir, device="cpu", backend="pytorch")
             part = load_fer2013(args.dataset, splits=(args.split,))[args.split]  # before the export's seconds
             export_onnx(extra.model_dir, unchecked, args.opset)  # the transformers model, as the cache exports
+            if (written := written_opset(unchecked)) != args.opset:
+                raise ValueError(f"torch's exporter could not write opset {args.opset} for this model (it wrote "
+                                 f"{written}; its log above says why); use --opset {written}.")
         faces = [example["image"] for example in part.select(range(min(args.num_images, len(part))))]
         onnx_model = load_classifier(onnx_path=unchecked)
         try:
             difference = check_parity(torch_model, onnx_model, faces, args.tolerance)
         except ExportParityError as err:
             raise SystemExit(f"fer_hf.export: {target}: not written: {err}") from err
-        path = Path(unchecked.replace(target))
+        with cli.exit_on_bad_input("fer_hf.export"):  # the target turned into a folder meanwhile, the disk...
+            path = Path(unchecked.replace(target))
     finally:
         unchecked.unlink(missing_ok=True)
     print(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB; dynamic batch axis; opset {args.opset}).")

@@ -153,25 +153,41 @@ def main(argv: list[str] | None = None) -> int:
 
     files, folder_errors = expand_inputs(extra.inputs)
     failed, last = False, None  # last: --json's newest record, printed once the next shows whether a comma follows
+    closed = False  # --json's list closed
+
+    def write(text: str, stream) -> None:
+        try:
+            write_line(text, file=stream)
+        except OSError as err:  # a reader that went away (`| head`), a full disk or device behind the stream
+            raise _OutputLost(stream, err) from err
 
     def emit(record: dict) -> None:
         # --json streams one list, a record per line: json's C encoder (an indented dump runs its pure-Python one,
         # 0.2 ms a record, a tenth of the model's time on a folder of crops), and nothing held for a large folder.
         nonlocal failed, last
         failed |= bool(record["error"])
-        try:
-            if not args.json:
-                if record["error"] and (record.get("faces") or record.get("frames")):
-                    # found, but their annotated image or video could not be written: the results, then why
-                    write_line(format_record({**record, "error": None}), file=sys.stdout)
-                write_line(format_record(record), file=sys.stderr if record["error"] else sys.stdout)
-                return
-            write_line("[" if last is None else last + ",", file=sys.stdout)
-        except BrokenPipeError:
-            raise
-        except OSError as err:  # a full disk or device behind standard output
-            raise _OutputLost(err) from err
+        if not args.json:
+            if record["error"] and (record.get("faces") or record.get("frames")):
+                # found, but their annotated image or video could not be written: the results, then why
+                write(format_record({**record, "error": None}), sys.stdout)
+            write(format_record(record), sys.stderr if record["error"] else sys.stdout)
+            return
+        write("[" if last is None else last + ",", sys.stdout)
         last = "  " + json.dumps(record)
+
+    def finish() -> None:
+        # Closed even when the run breaks off (not a bad file: those are records, but a model that cannot be loaded,
+        # a failing model, memory, Ctrl-C): the records so far stay readable JSON; the traceback or message and the
+        # exit status say the run did not finish. Flushed here, where a failing write can still be said.
+        nonlocal closed
+        if args.json and not closed:
+            closed = True
+            write("[]" if last is None else f"{last}\n]", sys.stdout)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError as err:
+                raise _OutputLost(stream, err) from err
 
     try:
         try:
@@ -195,36 +211,45 @@ def main(argv: list[str] | None = None) -> int:
             emit(record)
         if args.video is not None:
             emit(predict_video(predictor, args.video, frame_step=args.frame_step, annotate=annotate))
-    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as command-line tools do
-        _drop_stdout()
-        return 1
-    except _OutputLost as err:
-        _drop_stdout()
-        print(f"fer_hf.predict: could not write the results to standard output ({err.__cause__}).", file=sys.stderr)
+        finish()
+    except _OutputLost as lost:
+        lost.settle()
         return 1
     finally:
-        # Closed even when the run breaks off (not a bad file: those are records, but a model that cannot be loaded,
-        # a failing model, memory, Ctrl-C): the records so far stay readable JSON; the traceback and the exit status
-        # say the run did not finish.
-        if args.json:
+        if not closed:  # the run broke off before `finish`: close the list if the stream still takes it
             try:
-                print("[]" if last is None else f"{last}\n]")
-            except OSError:  # the reader went away, or the disk is full: nothing more can be said there
-                _drop_stdout()
+                finish()
+            except _OutputLost as lost:
+                lost.settle(quiet=True)
     return 1 if failed else 0
 
 
 class _OutputLost(Exception):
-    """Standard output refused a write (other than a closed pipe)."""
+    """Standard output or error refused a write."""
 
+    def __init__(self, stream, error: OSError):
+        super().__init__(error)
+        self.stream, self.error = stream, error
 
-def _drop_stdout() -> None:
-    """Standard output to /dev/null, so that the interpreter's last flush at exit does not fail (and print) again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # no file descriptor behind it (a notebook's stream)
-        pass
+    def settle(self, quiet: bool = False) -> None:
+        """Say what was lost (on standard error, where it still takes writes; nothing for a reader that went away),
+        and point the failed stream at /dev/null, so that the interpreter's last flush at exit does not fail and
+        print again. Only the process's own streams are redirected, not a notebook's."""
+        if not quiet and not isinstance(self.error, BrokenPipeError) and self.stream is not sys.stderr:
+            try:
+                print(f"fer_hf.predict: could not write the results to standard output ({self.error}).",
+                      file=sys.stderr)
+            except OSError:
+                pass
+        if self.stream is sys.__stdout__ or self.stream is sys.__stderr__:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(devnull, self.stream.fileno())
+                finally:
+                    os.close(devnull)
+            except (OSError, ValueError):
+                pass
 
 
 if __name__ == "__main__":

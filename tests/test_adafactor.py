@@ -114,14 +114,47 @@ def test_a_closure_runs_once_and_its_loss_comes_back():
 
 def test_a_checkpoint_of_either_resumes_in_the_other():
     (reference, batched), (original, foreach) = _train_both(AS_THE_TRAINER, steps=3)
-    resumed = ForeachAdafactor(batched.parameters(), **AS_THE_TRAINER, foreach=True)
-    resumed.load_state_dict(copy.deepcopy(original.state_dict()))  # transformers' checkpoint, continued by ours
+    # transformers' checkpoint continued by ours, and ours by transformers'
+    by_ours = ForeachAdafactor(batched.parameters(), **AS_THE_TRAINER, foreach=True)
+    by_ours.load_state_dict(copy.deepcopy(original.state_dict()))
+    by_theirs = Adafactor(reference.parameters(), **AS_THE_TRAINER)
+    by_theirs.load_state_dict(copy.deepcopy(foreach.state_dict()))
     inputs = torch.randn(4, 3, 8, 8)
-    for model, optimizer in ((reference, original), (batched, resumed)):
+    for model, optimizer in ((reference, by_theirs), (batched, by_ours)):
         optimizer.zero_grad()
         model(inputs).square().mean().backward()
         optimizer.step()
-    _assert_same((reference, batched), (original, resumed))
+    _assert_same((reference, batched), (by_theirs, by_ours))
+
+
+def test_channels_last_weights_give_the_same_bits():
+    def channels_last(kwargs, steps=4):
+        torch.manual_seed(0)
+        model = _net().to(memory_format=torch.channels_last)
+        optimizer = kwargs.pop("cls")(model.parameters(), **kwargs)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            model(torch.randn(4, 3, 8, 8).to(memory_format=torch.channels_last)).square().mean().backward()
+            optimizer.step()
+        return model
+
+    models = (channels_last({"cls": Adafactor, **AS_THE_TRAINER, "beta1": 0.9}),
+              channels_last({"cls": ForeachAdafactor, **AS_THE_TRAINER, "beta1": 0.9, "foreach": True}))
+    for p, q in zip(*(model.parameters() for model in models), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("foreach", [None, True])
+def test_optimizer_hooks_run_once_a_step(foreach):
+    Adafactor(_net().parameters(), **AS_THE_TRAINER)  # a plain one first: torch wraps its class's step too
+    model = _net()
+    optimizer = ForeachAdafactor(model.parameters(), **AS_THE_TRAINER, foreach=foreach)
+    calls = []
+    optimizer.register_step_pre_hook(lambda *args: calls.append("pre"))
+    optimizer.register_step_post_hook(lambda *args: calls.append("post"))
+    model(torch.randn(2, 3, 8, 8)).square().mean().backward()
+    optimizer.step()
+    assert calls == ["pre", "post"]
 
 
 def test_a_step_dispatches_a_tenth_of_the_operations(monkeypatch):

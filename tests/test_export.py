@@ -86,3 +86,20 @@ def test_export_to_a_folder_is_refused_before_exporting(tmp_path, capsys):
         export.main([str(DEFAULT_MODEL_DIR), "--onnx", str(tmp_path)])
     assert stopped.value.code == 2
     assert f"--onnx {tmp_path}: is a folder; name the file to write" in capsys.readouterr().err
+
+
+def test_an_export_that_fails_its_checks_leaves_no_file(tmp_path, capsys):
+    """A parity check that fails, or an opset torch's exporter could not write (it keeps its own and only logs why),
+    leave nothing at --onnx, nor a temporary file beside it; bad --split / --num_images stop before any export."""
+    target = tmp_path / "model.onnx"
+    with pytest.raises(SystemExit) as stopped:
+        export.main([str(DEFAULT_MODEL_DIR), "--onnx", str(target), "--tolerance", "1e-12", "--num_images", "4"])
+    assert "not written" in str(stopped.value.code)
+    with pytest.raises(SystemExit) as stopped:
+        export.main([str(DEFAULT_MODEL_DIR), "--onnx", str(target), "--opset", "17", "--num_images", "4"])
+    assert stopped.value.code == 1 and "could not write opset 17" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    for flags, message in ((["--split", "foo"], "--split must be one of"), (["--num_images", "0"], "at least 1")):
+        with pytest.raises(SystemExit) as stopped:
+            export.main([str(DEFAULT_MODEL_DIR), "--onnx", str(target), *flags])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err

@@ -115,11 +115,17 @@ def _same_file_key(path: str | os.PathLike) -> tuple[int, int] | str | None:
     return found.st_dev, found.st_ino
 
 
+def partial_name(path: Path) -> Path:
+    """Where `path` is written before it is whole: beside it, hidden, the suffix kept (writers pick the format by
+    it), the process in the name so that runs into one folder do not meet."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.fer_hf-partial{path.suffix}")
+
+
 @contextlib.contextmanager
 def whole_file(path: Path) -> Iterator[Path]:
     """A temporary name beside `path` (same suffix, so writers pick the format) that becomes `path` only when the
     block ends without an error; otherwise it is removed."""
-    partial = path.with_name(f".{path.stem}.fer_hf-partial{path.suffix}")
+    partial = partial_name(path)
     try:
         yield partial
         os.replace(partial, path)

@@ -145,7 +145,8 @@ def _onnx_providers(device: str | None) -> list[str] | None:
     import onnxruntime
 
     if kind == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        index = int(device.split(":")[1]) if ":" in device else 0
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     raise ValueError(f"this ONNX Runtime cannot run on --device {device} (its providers: "
                      f"{', '.join(onnxruntime.get_available_providers())}); drop --device, or install "
                      "onnxruntime-gpu for cuda.")

@@ -199,7 +199,7 @@ def read_plain_gray(
 
     try:
         # Non-blocking: a FIFO with no writer would otherwise hang here (it is not a plain file; read_image says so).
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except OSError:
         return None
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_hf.inference.annotate import AnnotationTarget, draw_faces, video_writer
+from fer_hf.inference.annotate import AnnotationTarget, draw_faces, partial_name, video_writer
 from fer_hf.inference.background import chunks, read_ahead
 from fer_hf.inference.classifier import FerClassifier, prepared_logits, softmax
 from fer_hf.inference.faces import MIN_FACE_SIZE, SCALE_FACTOR, Box, HaarFaceDetector, crop_face, whole_image_face
@@ -318,10 +318,11 @@ def predict_video(
             if annotate is not None:
                 if writer is None:
                     target = annotate.path_for(str(path), ".mp4")
-                    partial = target.with_name(f".{target.stem}.fer_hf-partial{target.suffix}")
+                    partial = partial_name(target)
                     try:
                         writer = video_writer(partial, video_fps, bgr.shape[1], bgr.shape[0], name=target)
                     except OSError as err:  # the frames are still classified; the record says what was not written
+                        partial.unlink(missing_ok=True)  # some OpenCV backends create the file before failing
                         record["error"] = f"{path}: frames classified, but {err}"
                         annotate = None
                 if writer is not None:
@@ -338,11 +339,17 @@ def predict_video(
             writer.release()
             # OpenCV's writer reports no failure (a full disk leaves a file no player opens): the file is checked
             # whole, then takes the target's name; a run broken off leaves none.
-            if finished and _video_frames(partial) == written:
-                os.replace(partial, target)
-            else:
+            whole = finished and _video_frames(partial) == written
+            if whole:
+                try:
+                    os.replace(partial, target)
+                except OSError as err:  # the target became a folder meanwhile, ...
+                    whole = False
+                    record["error"] = (f"{path}: frames classified, but the annotated video could not be named "
+                                       f"{target} ({err.strerror or err}).")
+            if not whole:
                 partial.unlink(missing_ok=True)
-                if finished:
+                if finished and not record["error"]:
                     record["error"] = (f"{path}: frames classified, but the annotated video {target} could not be "
                                        "written whole (is the disk full?); nothing was left there.")
     elapsed = time.perf_counter() - start
