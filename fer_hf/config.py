@@ -12,6 +12,7 @@ import enum
 import functools
 import json
 import logging
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from fer_hf.labels import SPLITS, TtaMode
+from fer_hf.run_dir import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +213,13 @@ class DataArguments:
                 raise ValueError(f"--{name} must be a probability in [0, 1], got {getattr(self, name)}.")
         if self.recount < 1:
             raise ValueError(f"--recount must be >= 1, got {self.recount}.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1 (or left out for the whole split), got "
+                                 f"{getattr(self, name)}.")
+        for name in ("synthetic_train_size", "synthetic_eval_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainingArguments)
@@ -235,6 +244,26 @@ def argument_names(parser: HfArgumentParser | None = None) -> set[str]:
     return {action.dest for action in parser._actions if action.dest not in ("help", "config")}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (yaml keeps the last one without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice (the first on line {seen[key].line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML's safe subset, with a key given twice refused."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def read_recipe(path: str | Path, parser: HfArgumentParser | None = None) -> dict[str, Any]:
     """Read a YAML recipe and check that every key is a real argument and every value fits its type."""
     path = Path(path)
@@ -244,7 +273,7 @@ def read_recipe(path: str | Path, parser: HfArgumentParser | None = None) -> dic
     if not path.is_file():
         raise FileNotFoundError(f"--config {path}: no such file.")
     try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        recipe = load_yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); save "
                          "the recipe as UTF-8.") from err
@@ -259,6 +288,12 @@ def read_recipe(path: str | Path, parser: HfArgumentParser | None = None) -> dic
     if not_nullable:
         raise ValueError(f"{path}: {', '.join(not_nullable)}: null is not a value these arguments take; give a "
                          "value, or delete the line to keep the default.")
+    single = {action.dest for action in parser._actions if action.nargs in (None, "?")}
+    # (A one-item list is that item: args.yaml writes report_to so.)
+    listed = sorted(key for key, value in recipe.items() if isinstance(value, list) and len(value) > 1
+                    and key in single)
+    if listed:
+        raise ValueError(f"{path}: {', '.join(listed)}: takes one value, not a list.")
     wrong = [problem for key, value in recipe.items() if (problem := _value_problem(parser, key, value))]
     if wrong:
         raise ValueError(f"{path}: {'; '.join(wrong)}.")
@@ -333,9 +368,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     """Parse `--config recipe.yaml` plus overrides (later flags win) into the three argument dataclasses."""
     parser = make_parser()
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # `--conf x` is not `--config x` either
-    pre.add_argument("--config", default=None)
+    pre.add_argument("--config", default=None, action="append")
     known, rest = pre.parse_known_args(argv)
     tokens = list(rest)
+    if known.config is not None:
+        if len(known.config) > 1:
+            raise ValueError(f"--config is given {len(known.config)} times ({', '.join(known.config)}); give one "
+                             "recipe and override its values with flags.")
+        known.config = known.config[0]
+        if not known.config.strip():
+            raise ValueError("--config is empty; give a .yaml recipe file, or leave --config out.")
     if known.config:
         recipe = read_recipe(known.config, parser)
         # YAML nulls cannot be spelled on a command line; they become parser defaults instead.
@@ -350,11 +392,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     if leftover:
         parser.error(f"unrecognized arguments: {' '.join(leftover)}")
     model_args, data_args, training_args = outputs[: len(ARGUMENT_CLASSES)]
+    _check_training_values(training_args)
+    if "--model_ema_decay" in tokens and not model_args.model_ema:
+        logger.warning("--model_ema_decay is given but --model_ema is off: no EMA of the weights is kept.")
     if training_args.max_steps > 0 and "--num_train_epochs" in tokens:
         # transformers' rule (max_steps wins) is kept, since smoke runs shorten a recipe this way; said, not silent.
         logger.warning("--max_steps %d overrides num_train_epochs %g: training stops after %d optimizer steps.",
                        training_args.max_steps, training_args.num_train_epochs, training_args.max_steps)
     return model_args, data_args, training_args
+
+
+def _check_training_values(training_args: TrainingArguments) -> None:
+    """What transformers accepts and only fails on later (a NaN loss at once, or a meaningless one)."""
+    if not math.isfinite(training_args.learning_rate) or training_args.learning_rate < 0:
+        raise ValueError(f"--learning_rate must be a finite number >= 0, got {training_args.learning_rate}.")
+    if not 0 <= training_args.label_smoothing_factor < 1:
+        raise ValueError(f"--label_smoothing_factor must be in [0, 1), got {training_args.label_smoothing_factor}.")
 
 
 def merged_arguments(*args_objects) -> dict[str, Any]:
@@ -370,4 +423,4 @@ def merged_arguments(*args_objects) -> dict[str, Any]:
 
 
 def save_arguments(path: str | Path, *args_objects) -> None:
-    Path(path).write_text(yaml.safe_dump(merged_arguments(*args_objects), sort_keys=True))
+    write_atomic(path, yaml.safe_dump(merged_arguments(*args_objects), sort_keys=True))

@@ -27,12 +27,20 @@ def classification_report(predictions, references, label_names=LABEL_NAMES) -> d
     return load_metric().compute(predictions=predictions, references=references, label_names=list(label_names))
 
 
+PER_CLASS_METRICS = ("precision", "recall", "f1")
+
+
 def flatten_report(report: dict) -> dict[str, float]:
     """The scalar view Trainer logs: summary keys plus `precision_<label>`, `recall_<label>`, `f1_<label>`."""
     flat = {key: report[key] for key in SUMMARY_KEYS}
     for name, scores in report["per_class"].items():
-        flat.update({f"{metric}_{name}": scores[metric] for metric in ("precision", "recall", "f1")})
+        flat.update({f"{metric}_{name}": scores[metric] for metric in PER_CLASS_METRICS})
     return flat
+
+
+def reported_metrics(label_names=LABEL_NAMES) -> list[str]:
+    """The names `compute_metrics` reports (and `eval_loss`'s `loss`): what --metric_for_best_model can choose."""
+    return ["loss", *SUMMARY_KEYS, *(f"{metric}_{name}" for name in label_names for metric in PER_CLASS_METRICS)]
 
 
 def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:

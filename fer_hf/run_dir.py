@@ -303,7 +303,39 @@ def agent_run_output_dir(output_dir: str, environ: Mapping[str, str] | None = No
 
 
 def is_complete(checkpoint: Path) -> bool:
-    return (checkpoint / TRAINER_STATE).is_file()
+    """Trainer's state readable, and nothing in the folder left empty or half-saved by a kill (the Trainer writes
+    most checkpoint files in place: a run killed while saving over an earlier run's checkpoint leaves a 0-byte
+    optimizer.pt beside a whole trainer_state.json)."""
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text())
+        entries = list(checkpoint.iterdir())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(state, dict):
+        return False
+    return not any(entry.name.startswith(".saving-") or (entry.is_file() and entry.stat().st_size == 0)
+                   for entry in entries)
+
+
+def check_run_folder(directory: str | os.PathLike) -> None:
+    """Refuse an --output_dir where a run would write over files that are not a run's (its model card README.md,
+    config.json, ...): a non-empty folder with neither a run record nor checkpoints, and anything inside the
+    installed fer_hf package (the shipped model)."""
+    directory = Path(directory).expanduser()
+    package = Path(__file__).resolve().parent
+    resolved = directory.resolve()
+    if resolved == package or package in resolved.parents:
+        raise OutputDirError(f"{directory}: inside the fer_hf package (the model it ships lives there); train into "
+                             "a folder of your own.")
+    if not directory.is_dir() or (directory / RUN_INFO_FILE).is_file() or checkpoints(directory):
+        return
+    # Logs are left alone by a run (the sweep runner starts each trial's train.log before the run).
+    foreign = sorted(entry.name for entry in directory.iterdir()
+                     if not entry.name.startswith(".") and entry.suffix != ".log")
+    if foreign:
+        raise OutputDirError(f"{directory}: holds files fer_hf.train did not write ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}), which a run would write over (README.md, "
+                             "config.json, the figures); pick a new or empty folder.")
 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:
@@ -324,8 +356,8 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | Path) -> str 
         for checkpoint in found:
             if is_complete(checkpoint):
                 return str(checkpoint)
-            logger.warning("%s has no %s (the run stopped while saving it); resuming from an earlier checkpoint.",
-                           checkpoint, TRAINER_STATE)
+            logger.warning("%s is incomplete (no readable %s, or a file left empty: the run stopped while saving "
+                           "it); resuming from an earlier checkpoint.", checkpoint, TRAINER_STATE)
         raise CheckpointError(
             f"--resume_from_checkpoint {value}: no complete {PREFIX_CHECKPOINT_DIR}-* folder in {output_dir}"
             + (f" (incomplete: {', '.join(p.name for p in found)})" if found else "")
@@ -337,8 +369,8 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | Path) -> str 
     if not is_complete(path):
         complete = [p.name for p in checkpoints(path.parent) if is_complete(p)]
         raise CheckpointError(
-            f"--resume_from_checkpoint {value}: no {TRAINER_STATE} in it, so it is not a complete Trainer checkpoint "
-            "(a run killed while saving leaves such a folder)."
+            f"--resume_from_checkpoint {value}: not a complete Trainer checkpoint (no readable {TRAINER_STATE}, or a "
+            "file left empty: a run killed while saving leaves such a folder)."
             + (f" Complete ones beside it: {', '.join(complete)}." if complete else "")
         )
     return str(path)

@@ -6,13 +6,24 @@
 The validation split (PublicTest) picks the checkpoint; the test split (PrivateTest) is evaluated once, at the end.
 """
 
+# ruff: noqa: E402  (the imports follow the check below, which must run before any of them)
 from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file (`python fer_hf/train.py`, W&B's default sweep command): its folder, first on sys.path, would
+    # put fer_hf/evaluate.py in place of the `evaluate` package. Run as the module it is.
+    import runpy
+
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runpy.run_module("fer_hf.train", run_name="__main__", alter_sys=True)
+    raise SystemExit(0)
 
 import contextlib
 import json
 import logging
-import os
-import sys
 from pathlib import Path
 
 import datasets
@@ -26,9 +37,9 @@ from fer_hf.config import parse_args, save_arguments
 from fer_hf.data.load import load_fer2013
 from fer_hf.data.pipeline import build_pipeline
 from fer_hf.data.transforms import AugmentationConfig
-from fer_hf.hub import check_push_access
+from fer_hf.hub import HubAccessError, check_push_access
 from fer_hf.ingredients import build_mixup, class_weights
-from fer_hf.metrics import compute_metrics
+from fer_hf.metrics import compute_metrics, reported_metrics
 from fer_hf.modeling import build_model, image_processor_for
 from fer_hf.report.figures import plot_training_curves
 from fer_hf.report.model_card import write_model_card
@@ -37,6 +48,7 @@ from fer_hf.run_dir import (
     RUN_INFO_FILE,
     TEACHER_FILE,
     agent_run_output_dir,
+    check_run_folder,
     check_writable,
     checkpoints,
     exclusive,
@@ -59,6 +71,11 @@ def _weights(records: list) -> list:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     argv = sys.argv[1:] if argv is None else list(argv)
     model_args, data_args, training_args = parse_args(argv)
+    metric = training_args.metric_for_best_model
+    if metric is not None and metric.removeprefix("eval_") not in reported_metrics():
+        # transformers would find out at the first evaluation, with a KeyError, after training up to it
+        raise ValueError(f"--metric_for_best_model {metric}: not a metric the evaluation reports; choose from "
+                         f"{', '.join(reported_metrics()[:7])} or a per-class one (f1_happy, ...).")
     # A W&B sweep agent gives every run the same command line: each run gets its own output_dir/<run id>.
     training_args.output_dir = agent_run_output_dir(training_args.output_dir)
     if training_args.push_to_hub:  # refused before anything is written
@@ -66,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # One run per output_dir at a time (the main process holds it): a second start is refused, not interleaved.
     held = contextlib.nullcontext()
     if training_args.should_save:
+        check_run_folder(training_args.output_dir)
         held = exclusive(training_args.output_dir, "fer_hf.train")
     with held:
         return run(model_args, data_args, training_args, command=["python", "-m", "fer_hf.train", *argv])
@@ -230,5 +248,5 @@ def run(model_args, data_args, training_args, command: list[str]) -> dict[str, f
 if __name__ == "__main__":
     # A bad recipe or flag, data file, model name or output_dir ends in `fer_hf.train: <what is wrong>`, not a
     # traceback (run with --log_level debug to see one).
-    with cli.exit_on_bad_input("fer_hf.train"):
+    with cli.exit_on_bad_input("fer_hf.train", errors=(*cli.INPUT_ERRORS, HubAccessError)):
         main(sys.argv[1:])

@@ -163,7 +163,7 @@ def test_resuming_after_a_crash_continues_the_same_run(tmp_path, trained_run, mo
 
     with caplog.at_level(logging.WARNING, logger="fer_hf"):
         results = train.main([*argv, "--resume_from_checkpoint", "last"])
-    assert "checkpoint-100000 has no trainer_state.json" in caplog.text
+    assert "checkpoint-100000 is incomplete (no readable trainer_state.json" in caplog.text
 
     # Same seed, same data order, the RNG state restored from the checkpoint: the same run as the uninterrupted one.
     # (The Trainer's `train_loss` averages only the steps this process ran, so it is not compared.)

@@ -290,3 +290,134 @@ def test_a_kaggle_folder_with_a_tiny_train_split(tmp_path, train_images, outcome
     else:
         dataset = load_fer2013(str(tmp_path / "kaggle"), cache_dir=str(tmp_path / "cache"))
         assert len(dataset["validation"]) == outcome and len(dataset["test"]) == 7
+
+
+# ----------------------------------------------------------------------------------------------------- training
+# (a second fresh-clone trial, of the training side)
+
+
+def test_a_run_never_writes_over_a_folder_that_is_not_a_run(tmp_path):
+    from fer_hf import train
+    from fer_hf.model_files import DEFAULT_MODEL_DIR
+    from fer_hf.run_dir import RUN_INFO_FILE, OutputDirError, check_run_folder
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes")
+    with pytest.raises(OutputDirError, match="holds files fer_hf.train did not write"):
+        train.main(["--output_dir", str(mine), "--max_steps", "1", "--report_to", "none"])
+    assert (mine / "README.md").read_text() == "my notes" and sorted(p.name for p in mine.iterdir()) == ["README.md"]
+    with pytest.raises(OutputDirError, match="inside the fer_hf package"):
+        check_run_folder(DEFAULT_MODEL_DIR)
+    (tmp_path / "trial").mkdir()
+    (tmp_path / "trial" / "train.log").write_text("$ accelerate launch ...")  # the sweep runner's log, first
+    check_run_folder(tmp_path / "trial")
+    (mine / RUN_INFO_FILE).write_text("{}")  # a run's folder: written again by the next run, as before
+    check_run_folder(mine)
+    check_run_folder(tmp_path / "new")
+
+
+def test_a_checkpoint_a_kill_left_incomplete_is_skipped(tmp_path, caplog):
+    from fer_hf.run_dir import is_complete, resolve_resume_checkpoint
+
+    for step in (2, 4):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        (folder / "optimizer.pt").write_bytes(b"state")
+    assert is_complete(tmp_path / "checkpoint-4")
+    (tmp_path / "checkpoint-4" / "optimizer.pt").write_bytes(b"")  # re-saved over by a run killed mid-save
+    assert not is_complete(tmp_path / "checkpoint-4")
+    assert resolve_resume_checkpoint("last", tmp_path) == str(tmp_path / "checkpoint-2")
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text('{"global_st')  # cut off
+    assert not is_complete(tmp_path / "checkpoint-2")
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("learning_rate: 0.1\nlearning_rate: 0.5\n", "'learning_rate' is given twice"),
+    ("num_train_epochs: [1, 2]\n", "num_train_epochs: takes one value, not a list"),
+])
+def test_recipe_mistakes_yaml_would_pass_over(tmp_path, recipe, message):
+    from fer_hf.config import parse_args
+
+    (tmp_path / "r.yaml").write_text(recipe)
+    with pytest.raises(ValueError, match=message):
+        parse_args(["--config", str(tmp_path / "r.yaml")])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "a.yaml", "--config", "b.yaml"], "--config is given 2 times"),
+    (["--config", ""], "--config is empty"),
+    (["--max_train_samples", "0"], "--max_train_samples must be at least 1"),
+    (["--max_eval_samples", "-5"], "--max_eval_samples must be at least 1"),
+    (["--synthetic_train_size", "0"], "--synthetic_train_size must be at least 1"),
+    (["--learning_rate", "inf"], "--learning_rate must be a finite number"),
+    (["--label_smoothing_factor", "1.5"], r"--label_smoothing_factor must be in \[0, 1\)"),
+])
+def test_training_values_that_would_fail_late_are_refused_at_once(argv, message):
+    from fer_hf.config import parse_args
+
+    with pytest.raises(ValueError, match=message):
+        parse_args(argv)
+
+
+def test_an_unknown_best_metric_is_refused_before_training(tmp_path):
+    from fer_hf import train
+    from fer_hf.metrics import compute_metrics, reported_metrics
+
+    with pytest.raises(ValueError, match="--metric_for_best_model f1_macro: not a metric"):
+        train.main(["--output_dir", str(tmp_path / "run"), "--metric_for_best_model", "f1_macro"])
+    assert not (tmp_path / "run").exists()
+    logits = np.eye(7, dtype=np.float32)
+    reported = compute_metrics(type("Prediction", (), {"predictions": logits, "label_ids": np.arange(7)})())
+    assert set(reported_metrics()) == {"loss", *reported}
+
+
+def test_train_runs_as_a_file_as_wandbs_default_sweep_command_starts_it(tmp_path):
+    """`python fer_hf/train.py`: its folder first on sys.path put fer_hf/evaluate.py in place of `evaluate`."""
+    done = subprocess.run([sys.executable, str(REPO / "fer_hf" / "train.py"), "--help"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and "--metric_for_best_model" in done.stdout, done.stderr[-2000:]
+
+
+def test_stopping_a_trial_stops_its_whole_process_tree(tmp_path):
+    """A SIGTERM to the sweep alone reached neither `accelerate launch` nor the training it starts; killing the
+    launcher left the training running."""
+    if os.name != "posix":
+        pytest.skip("sh and signals as on POSIX")
+    import signal
+    import time
+
+    from fer_hf.sweep.runner import _process_tree, _signal_all
+
+    pid_file = tmp_path / "grandchild"
+    # A launcher whose child outlives it, as `accelerate launch` and the training it starts.
+    process = subprocess.Popen(["sh", "-c", f"sleep 120 & echo $! > {pid_file}; wait"])
+    for _ in range(200):
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
+        time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    tree = _process_tree(process)
+    assert {found.pid for found in tree} >= {process.pid, grandchild}
+    _signal_all(tree, signal.SIGKILL)
+    process.wait(timeout=30)
+    for _ in range(200):
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{grandchild}/stat") as stat:
+            if stat.read().split()[2] == "Z":  # dead, not yet reaped by init
+                break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the training under the launcher is still running")
+
+
+def test_push_to_hub_without_credentials_is_a_message(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_TOKEN": "", "HF_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "fer_hf.train", "--output_dir", str(tmp_path / "run"),
+                           "--push_to_hub", "true", "--hub_model_id", "me/x", "--report_to", "none"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1 and "fer_hf.train:" in done.stderr and "Traceback" not in done.stderr, done.stderr

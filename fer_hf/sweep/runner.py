@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -140,6 +141,27 @@ def metric_value(run_dir: str | os.PathLike, name: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _process_tree(process: subprocess.Popen) -> list:
+    """The trial's process and every process under it, as psutil (accelerate's dependency) finds them now."""
+    import psutil
+
+    try:
+        root = psutil.Process(process.pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:  # already gone
+        return []
+
+
+def _signal_all(processes: list, sig: int) -> None:
+    import psutil
+
+    for found in processes:
+        try:
+            found.send_signal(sig)
+        except psutil.Error:  # gone meanwhile
+            pass
+
+
 def run_trial(spec: SweepSpec, folder: SweepFolder, record: TrialRecord, extra_args: Sequence[str],
               on_start: Callable[[TrialRecord], Any], keep_checkpoints: bool = False) -> TrialRecord:
     """Run a new record's trial to the end and fill in its status, metric and log; a crash is recorded, not raised."""
@@ -162,12 +184,17 @@ def run_trial(spec: SweepSpec, folder: SweepFolder, record: TrialRecord, extra_a
         try:
             record.returncode = process.wait()
         except BaseException:
-            # Ctrl-C reaches the trial too (same process group); give it a moment to stop, then make sure.
+            # Ctrl-C reaches the whole trial (same process group), a SIGTERM to the sweep alone does not: the trial,
+            # `accelerate launch` and the training it starts, is asked to stop as Ctrl-C asks, given a moment, then
+            # made sure of (killing the launcher alone left the training running).
+            tree = _process_tree(process)
+            _signal_all(tree, signal.SIGINT)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                pass
+            _signal_all(tree, signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
+            process.wait()
             raise
     record.duration_s = round(time.monotonic() - start, 1)
     value = metric_value(trial_dir, spec.metric)

@@ -27,6 +27,7 @@ import jsonschema
 import yaml
 from jsonschema.exceptions import best_match
 
+from fer_hf.config import load_yaml
 from fer_hf.labels import LABEL_NAMES
 from fer_hf.metrics import SUMMARY_KEYS
 
@@ -340,7 +341,7 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such sweep file (see sweeps/*.yaml).")
     try:
-        config = yaml.safe_load(path.read_text())
+        config = load_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise SweepConfigError(str(path), [f"not valid YAML: {error}"]) from error
     return spec_from_config(config, str(path))
