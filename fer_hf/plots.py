@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser = cli.make_parser("fer_hf.plots", __doc__, PlotArguments)
     parser.add_argument("run_dir", help="A training output_dir (holding trainer_state.json or checkpoint-*).")
     args, extra = cli.parse(parser, argv)
-    with cli.exit_on_bad_input("fer_hf.plots", (FileNotFoundError,)):
+    with cli.exit_on_bad_input("fer_hf.plots"):  # no state, a malformed one, an output folder it cannot write
         paths = plot_training_curves(extra.run_dir, args.output_dir)
     if not paths:
         raise SystemExit(f"fer_hf.plots: {extra.run_dir}: the Trainer logged no steps yet; nothing to plot.")

@@ -421,3 +421,17 @@ def test_push_to_hub_without_credentials_is_a_message(tmp_path):
                            "--push_to_hub", "true", "--hub_model_id", "me/x", "--report_to", "none"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 1 and "fer_hf.train:" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_plots_and_sweep_refuse_what_they_cannot_use(tmp_path, capsys):
+    from fer_hf import plots
+    from fer_hf.sweep.__main__ import main as sweep_main
+
+    for text, message in (("[1, 2]", "not a Trainer state"), ('{"log_hist', "not readable JSON")):
+        (tmp_path / "trainer_state.json").write_text(text)
+        with pytest.raises(SystemExit) as stopped:
+            plots.main([str(tmp_path)])
+        assert stopped.value.code == 1 and message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--max_runs must be at least 1"):  # `python -m`: a message, status 2
+        sweep_main([str(REPO / "sweeps" / "cpu_grid.yaml"), "--max_runs", "-3", "--output_dir", str(tmp_path / "s")])
+    assert not (tmp_path / "s").exists()

@@ -88,9 +88,16 @@ class Curves:
 
 
 def read_curves(state_path: str | os.PathLike) -> Curves:
-    state = json.loads(Path(state_path).read_text())
+    try:
+        state = json.loads(Path(state_path).read_text())
+    except ValueError as err:  # cut off by a kill, or edited by hand
+        raise ValueError(f"{state_path}: not readable JSON ({err}).") from err
+    if not isinstance(state, dict) or not isinstance(state.get("log_history", []), list):
+        raise ValueError(f"{state_path}: not a Trainer state (an object with a log_history list).")
     curves = Curves()
     for row in state.get("log_history", []):
+        if not isinstance(row, dict):
+            continue
         step = row.get("step")
         if step is None:
             continue

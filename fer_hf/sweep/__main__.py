@@ -42,6 +42,11 @@ class SweepArguments:
                                          "always kept in the trial folder)."}
     )
 
+    def __post_init__(self):
+        if self.max_runs is not None and self.max_runs < 1:
+            raise ValueError(f"--max_runs must be at least 1 (or left out for the file's run_cap), got "
+                             f"{self.max_runs}.")
+
 
 def main(argv: list[str] | None = None) -> list[TrialRecord]:
     """Run the sweep; print and save the ranked table and the figure. Returns the trial records, best first."""
