@@ -26,7 +26,7 @@ from pathlib import Path
 
 from fer_hf import cli
 from fer_hf.hub import is_hub_id
-from fer_hf.inference.classifier import BACKEND_HELP, BACKENDS, load_classifier
+from fer_hf.inference.classifier import BACKEND_HELP, THREADS_HELP, check_backend_options, load_classifier
 from fer_hf.inference.demo import Analysis, analyse_file, card_accuracies, describe_accuracies
 from fer_hf.inference.images import DEFAULT_MAX_MEGAPIXELS
 from fer_hf.inference.predictor import FacePredictor
@@ -59,17 +59,12 @@ class AppArguments:
         default=None, metadata={"help": "Where the example photos are written (default: a temporary folder)."}
     )
     backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
-    threads: int | None = field(
-        default=None, metadata={"help": "ONNX Runtime threads; default OMP_NUM_THREADS, else every usable core."}
-    )
+    threads: int | None = field(default=None, metadata={"help": THREADS_HELP})
 
     def __post_init__(self):
         if not (math.isfinite(self.max_megapixels) and self.max_megapixels > 0):
             raise ValueError(f"--max_megapixels must be a number above 0, got {self.max_megapixels}.")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}.")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError("--threads must be at least 1.")
+        check_backend_options(self.backend, self.threads)
 
 
 # ----------------------------------------------------------------------------------------------------- model

@@ -19,7 +19,14 @@ from pathlib import Path
 
 from fer_hf import cli
 from fer_hf.data.load import MIXED_TEST_SPLIT, load_fer2013
-from fer_hf.inference.classifier import BACKEND_HELP, BACKENDS, TTA_MODES, evaluate_model, load_classifier
+from fer_hf.inference.classifier import (
+    BACKEND_HELP,
+    THREADS_HELP,
+    TTA_MODES,
+    check_backend_options,
+    evaluate_model,
+    load_classifier,
+)
 from fer_hf.model_files import DEFAULT_MODEL_DIR
 from fer_hf.report.figures import save_split_report
 from fer_hf.report.tables import comparison_markdown, per_class_table, table1
@@ -61,15 +68,10 @@ class EvaluateArguments:
     )
     device: str | None = field(default=None, metadata={"help": "cuda / cpu; default cuda when available."})
     backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
-    threads: int | None = field(
-        default=None, metadata={"help": "ONNX Runtime threads; default OMP_NUM_THREADS, else every usable core."}
-    )
+    threads: int | None = field(default=None, metadata={"help": THREADS_HELP})
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}.")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError("--threads must be at least 1.")
+        check_backend_options(self.backend, self.threads)
         if self.split not in EVAL_SPLITS:
             raise ValueError(f"--split must be one of {EVAL_SPLITS}, got {self.split!r}.")
         if self.tta not in TTA_MODES:

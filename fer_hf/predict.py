@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 
 from fer_hf import cli
 from fer_hf.inference.annotate import AnnotationTarget
-from fer_hf.inference.classifier import BACKEND_HELP, BACKENDS, TTA_MODES, load_classifier
+from fer_hf.inference.classifier import (
+    BACKEND_HELP,
+    THREADS_HELP,
+    TTA_MODES,
+    check_backend_options,
+    load_classifier,
+)
 from fer_hf.inference.faces import MIN_FACE_SIZE, SCALE_FACTOR
 from fer_hf.inference.images import DEFAULT_MAX_MEGAPIXELS
 from fer_hf.inference.predictor import NO_FACE, FacePredictor, expand_inputs, predict_images, predict_video
@@ -75,19 +81,14 @@ class PredictArguments:
     tta: str = field(default="none", metadata={"help": "Test-time augmentation per face: none, hflip, tencrop."})
     device: str | None = field(default=None, metadata={"help": "cuda / cpu; default cuda when available."})
     backend: str = field(default="auto", metadata={"help": BACKEND_HELP})
-    threads: int | None = field(
-        default=None,
-        metadata={"help": "ONNX Runtime threads; default OMP_NUM_THREADS, else every usable core (PyTorch uses "
-                  "torch's own setting)."},
-    )
+    threads: int | None = field(default=None, metadata={"help": THREADS_HELP})
 
     def __post_init__(self):
         if self.tta not in TTA_MODES:
             raise ValueError(f"--tta must be one of {TTA_MODES}, got {self.tta!r}.")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"--backend must be one of {BACKENDS}, got {self.backend!r}.")
-        if self.frame_step < 1 or self.batch_size < 1 or (self.threads is not None and self.threads < 1):
-            raise ValueError("--frame_step, --batch_size and --threads must be at least 1.")
+        check_backend_options(self.backend, self.threads)
+        if self.frame_step < 1 or self.batch_size < 1:
+            raise ValueError("--frame_step and --batch_size must be at least 1.")
         if not 0 <= self.margin <= MAX_MARGIN:
             # Below 0 the crop cuts into the face (and at -0.5 it is empty); far above 1 it is mostly background.
             raise ValueError(f"--margin must be between 0 and {MAX_MARGIN} (a share of the face's size), "

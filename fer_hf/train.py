@@ -71,11 +71,11 @@ def _weights(records: list) -> list:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     argv = sys.argv[1:] if argv is None else list(argv)
     model_args, data_args, training_args = parse_args(argv)
-    metric = training_args.metric_for_best_model
-    if metric is not None and metric.removeprefix("eval_") not in reported_metrics():
+    metric, reported = training_args.metric_for_best_model, reported_metrics()
+    if metric is not None and metric.removeprefix("eval_") not in reported:
         # transformers would find out at the first evaluation, with a KeyError, after training up to it
         raise ValueError(f"--metric_for_best_model {metric}: not a metric the evaluation reports; choose from "
-                         f"{', '.join(reported_metrics()[:7])} or a per-class one (f1_happy, ...).")
+                         f"{', '.join(reported[:7])} or a per-class one (f1_happy, ...).")
     # A W&B sweep agent gives every run the same command line: each run gets its own output_dir/<run id>.
     training_args.output_dir = agent_run_output_dir(training_args.output_dir)
     if training_args.push_to_hub:  # refused before anything is written

@@ -38,6 +38,8 @@ __all__ = ["BACKENDS", "ONNX_CONFIG_KEY", "TTA_MODES", "FerClassifier", "ensembl
 BACKENDS = ("auto", "onnxruntime", "pytorch")
 BACKEND_HELP = ("auto (ONNX Runtime on a CPU when installed: a model folder is exported once and cached; PyTorch on a "
                 "GPU), onnxruntime or pytorch.")  # the --backend of predict and evaluate
+THREADS_HELP = ("ONNX Runtime threads; default OMP_NUM_THREADS, else every usable core (PyTorch uses torch's own "
+                "setting).")  # the --threads of predict, evaluate and the web demo
 MIN_SPLIT = 4  # faces per concurrent ONNX Runtime run, at least
 # Input pixels per ONNX Runtime run on a CPU, at most (8 faces at 96 px, 32 at 48, 1 at 224): a larger batch runs as
 # several. Measured on the 2-core VM with the shipped 96 px model, one thread: 830-880 core-microseconds a face in runs
@@ -92,6 +94,21 @@ class FerClassifier:
     def predict(self, faces: Sequence[Image.Image], tta: str = "none", batch_size: int = 64) -> np.ndarray:
         """Logits (N, num_labels) for PIL faces, averaged over the TTA views."""
         return view_logits(self, faces, tta, batch_size).mean(axis=1)
+
+
+def check_backend_options(backend: str, threads: int | None) -> None:
+    """--backend and --threads as the entry modules take them: a usage error before any model is loaded."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {BACKENDS}, got {backend!r}.")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}.")
+
+
+def _in_pieces(run: Callable[[np.ndarray], np.ndarray], pixel_values: np.ndarray, size: int | None) -> np.ndarray:
+    """`run` on `pixel_values` in slices of at most `size` faces (None: whole), the outputs concatenated."""
+    if size is None or len(pixel_values) <= size:
+        return run(pixel_values)
+    return np.concatenate([run(pixel_values[i: i + size]) for i in range(0, len(pixel_values), size)])
 
 
 def load_classifier(
@@ -228,18 +245,19 @@ def _load_pytorch(model_dir: Path, device: str | None) -> FerClassifier:
     model, config = load_timm_module(model_dir, dtype=torch.float32)
     model = model.to(device)
 
-    height, width = data_config_of(config)["input_size"][1:]
+    data_config = data_config_of(config)
+    height, width = data_config["input_size"][1:]
     max_run = max(1, (TORCH_CPU_RUN_PIXELS if device.type == "cpu" else TORCH_DEVICE_RUN_PIXELS) // (height * width))
+
+    def forward(pixel_values: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(pixel_values).to(device)).float().cpu().numpy()
 
     @torch.inference_mode()
     def run(pixel_values: np.ndarray) -> np.ndarray:
         # In pieces: one forward pass holds every activation of its batch (--batch_size 1024: 6.5 GB on a CPU).
-        return np.concatenate([model(torch.from_numpy(pixel_values[i: i + max_run]).to(device)).float().cpu().numpy()
-                               for i in range(0, len(pixel_values), max_run)]) if len(pixel_values) else \
-            model(torch.from_numpy(pixel_values).to(device)).float().cpu().numpy()
+        return _in_pieces(forward, pixel_values, max_run)
 
-    return FerClassifier(config, data_config_of(config), run, backend=f"pytorch ({device})", model=model,
-                         device=device.type)
+    return FerClassifier(config, data_config, run, backend=f"pytorch ({device})", model=model, device=device.type)
 
 
 def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | None,
@@ -288,10 +306,7 @@ def _load_onnx(path: Path, model_dir: str | os.PathLike | None, threads: int | N
     max_run = max(1, RUN_PIXELS // (height * width)) if on_cpu else None
 
     def run_one(pixel_values: np.ndarray) -> np.ndarray:
-        if max_run is None or len(pixel_values) <= max_run:
-            return session.run(None, {input_name: pixel_values})[0]
-        return np.concatenate([session.run(None, {input_name: pixel_values[i: i + max_run]})[0]
-                               for i in range(0, len(pixel_values), max_run)])
+        return _in_pieces(lambda part: session.run(None, {input_name: part})[0], pixel_values, max_run)
 
     pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="fer_hf-onnx") if threads > 1 else None
 

@@ -86,7 +86,6 @@ def export_onnx(model_dir: str | os.PathLike, onnx_path: str | os.PathLike, opse
             )
         exported = onnx.load(str(partial))
         onnx.checker.check_model(exported)
-
         embedded = [(ONNX_CONFIG_KEY, json.dumps(config)), (ONNX_DATA_CONFIG_KEY, json.dumps(_jsonable(data_config)))]
         if (weights := weights_sha256(model_dir)) is not None:
             embedded.append((ONNX_WEIGHTS_KEY, weights))
